@@ -1,0 +1,21 @@
+"""Pydantic v2 contracts: PostV1 in, AnalysisResultV1 and AlertV1 out. Imports nothing of ours."""
+
+from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS
+from schemas.posts import ImageRef, PostError, PostV1, parse_post
+from schemas.results import (
+    AlertV1,
+    AnalysisResultV1,
+    EmotionDistribution,
+    Evidence,
+    ImageAnalysis,
+    ModelVersions,
+    PolarityProbs,
+    Region,
+    StageTimings,
+)
+
+__all__ = [
+    "MIKELS_EMOTIONS", "NEGATIVE_EMOTIONS", "POSITIVE_EMOTIONS", "ImageRef", "PostError", "PostV1", "parse_post",
+    "AlertV1", "AnalysisResultV1", "EmotionDistribution", "Evidence", "ImageAnalysis", "ModelVersions",
+    "PolarityProbs", "Region", "StageTimings",
+]

@@ -1,0 +1,183 @@
+"""AnalysisResultV1 (per post) and AlertV1 (per channel), the output contracts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.emotions import MIKELS_EMOTIONS, Emotion, Polarity
+from schemas.posts import Identifier, PostV1
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolarityProbs(_Model):
+    positive: Probability
+    negative: Probability
+
+
+class EmotionDistribution(_Model):
+    """Probabilities over the 8 Mikels emotions, in wheel order."""
+
+    anger: Probability
+    disgust: Probability
+    sadness: Probability
+    fear: Probability
+    excitement: Probability
+    awe: Probability
+    contentment: Probability
+    amusement: Probability
+
+    @classmethod
+    def from_sequence(cls, values) -> "EmotionDistribution":
+        values = [float(v) for v in values]
+        if len(values) != len(MIKELS_EMOTIONS):
+            raise ValueError(f"need {len(MIKELS_EMOTIONS)} values, got {len(values)}")
+        return cls(**dict(zip(MIKELS_EMOTIONS, values)))
+
+    def as_list(self) -> list[float]:
+        return [getattr(self, name) for name in MIKELS_EMOTIONS]
+
+    def dominant(self) -> Emotion:
+        values = self.as_list()
+        return MIKELS_EMOTIONS[max(range(len(values)), key=values.__getitem__)]  # type: ignore[return-value]
+
+
+class Region(_Model):
+    """An affective region: box in original-image pixels (x0, y0, x1, y1), x1/y1 exclusive."""
+
+    x0: Annotated[int, Field(ge=0)]
+    y0: Annotated[int, Field(ge=0)]
+    x1: Annotated[int, Field(ge=1)]
+    y1: Annotated[int, Field(ge=1)]
+    score: Probability  # AR score sqrt((1-a) obj^2 + a senti^2)
+    objectness: Probability
+    senti: Probability
+    dominant_emotion: Emotion
+    polarity: Polarity
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Region":
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError("region box must have x1 > x0 and y1 > y0")
+        return self
+
+
+class Evidence(_Model):
+    """A retrieved emotion sentence: the 'why' behind the polarity."""
+
+    text: str
+    emotion: Emotion
+    similarity: float
+    source: str
+
+
+class ImageAnalysis(_Model):
+    """What the Analyzer says about one image, before post metadata is attached."""
+
+    polarity: Polarity
+    polarity_probs: PolarityProbs
+    emotions: EmotionDistribution
+    dominant_emotion: Emotion
+    regions: list[Region]
+    evidence: list[Evidence]
+    image_width: Annotated[int, Field(ge=1)]
+    image_height: Annotated[int, Field(ge=1)]
+
+
+class ModelVersions(_Model):
+    analyzer: str
+    backend: Literal["local", "triton"]
+    image_encoder: str
+    text_encoder: str
+    heads: str
+    index: str
+
+
+class StageTimings(_Model):
+    """Seconds spent per stage for this post (batch stages are divided evenly over the batch)."""
+
+    fetch_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    analyze_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+
+class AnalysisResultV1(_Model):
+    schema_version: Literal[1] = 1
+    post_id: Identifier
+    author_id: Identifier
+    channel: Identifier
+    created_at: AwareDatetime
+    analyzed_at: AwareDatetime
+    lang: str | None = None
+    text: str | None = None
+    image_ref: str
+    image_width: int
+    image_height: int
+    polarity: Polarity
+    polarity_probs: PolarityProbs
+    negative_score: Probability
+    emotions: EmotionDistribution
+    dominant_emotion: Emotion
+    regions: list[Region]
+    evidence: list[Evidence]
+    model_versions: ModelVersions
+    timings: StageTimings
+
+    @classmethod
+    def from_analysis(
+        cls,
+        post: PostV1,
+        analysis: ImageAnalysis,
+        *,
+        analyzed_at: datetime,
+        model_versions: ModelVersions,
+        timings: StageTimings,
+    ) -> "AnalysisResultV1":
+        return cls(
+            post_id=post.post_id,
+            author_id=post.author_id,
+            channel=post.channel,
+            created_at=post.created_at,
+            analyzed_at=analyzed_at,
+            lang=post.lang,
+            text=post.text,
+            image_ref=post.image.describe() if post.image.b64 is None else "inline",
+            image_width=analysis.image_width,
+            image_height=analysis.image_height,
+            polarity=analysis.polarity,
+            polarity_probs=analysis.polarity_probs,
+            negative_score=analysis.polarity_probs.negative,
+            emotions=analysis.emotions,
+            dominant_emotion=analysis.dominant_emotion,
+            regions=analysis.regions,
+            evidence=analysis.evidence,
+            model_versions=model_versions,
+            timings=timings,
+        )
+
+
+class AlertV1(_Model):
+    schema_version: Literal[1] = 1
+    alert_id: Identifier  # deterministic: channel + kind + window start, so re-emission is idempotent
+    channel: Identifier
+    kind: Literal["negative_spike", "emotion_shift"]
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    created_at: AwareDatetime
+    posts_in_window: Annotated[int, Field(ge=0)]
+    negative_in_window: Annotated[int, Field(ge=0)]
+    observed_negative_share: Probability
+    baseline_negative_share: Probability
+    p_value: Probability
+    effect_size: float
+    dominant_emotion: Emotion
+    previous_dominant_emotion: Emotion | None = None
+    message: str
