@@ -1,0 +1,392 @@
+"""The streaming analyzer worker: posts topic -> validate -> fetch/decode -> Analyzer -> store -> commit.
+
+Delivery contract: offsets are committed only after every post of the batch is either stored in
+Elasticsearch (`_id = post_id`, so re-processing overwrites instead of duplicating) and published to
+the results topic, or dead-lettered with headers. A crash at any point re-reads the batch.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+from kafka import OffsetAndMetadata, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+
+from pipelines.analyzer_api import AnalysisFailed, Analyzer, BackendUnavailable
+from schemas.posts import PostError, PostV1, parse_post
+from schemas.results import AnalysisResultV1, StageTimings
+from workers.logs import get_logger
+from workers.metrics import WorkerMetrics
+from workers.settings import Settings
+
+log = get_logger("moodwatch.analyzer")
+
+
+class ImageSource(Protocol):
+    def load_many(self, refs: Sequence[Any]) -> list[Any]: ...
+
+
+class ResultStore(Protocol):
+    def write(self, results: list[AnalysisResultV1]) -> None: ...
+
+
+@dataclass
+class Rejected:
+    """A post that is dead-lettered: the original record plus why and where it failed."""
+
+    record: Any
+    error: BaseException
+    stage: str
+
+
+@dataclass
+class Accepted:
+    record: Any
+    post: PostV1
+    image: Any = None
+    fetch_seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    consumed: int = 0
+    processed: int = 0
+    dead_lettered: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def dlq_headers(rejected: Rejected) -> list[tuple[str, bytes]]:
+    record = rejected.record
+    message = str(rejected.error)[:1000]
+    return [
+        ("error.class", type(rejected.error).__name__.encode()),
+        ("error.message", message.encode("utf-8", "replace")),
+        ("stage", rejected.stage.encode()),
+        ("original.topic", str(record.topic).encode()),
+        ("original.partition", str(record.partition).encode()),
+        ("original.offset", str(record.offset).encode()),
+        ("failed.at", datetime.now(timezone.utc).isoformat().encode()),
+    ]
+
+
+def commit_offsets(records: Sequence[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The next offset to read for every partition touched by the batch."""
+    highest: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        highest[tp] = max(highest.get(tp, -1), r.offset)
+    return {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in highest.items()}
+
+
+class AnalyzerWorker:
+    """One consumer-group member. All dependencies are injected so tests can swap any of them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        consumer: Any,
+        producer: Any,
+        analyzer: Analyzer,
+        images: ImageSource,
+        store: ResultStore,
+        metrics: WorkerMetrics,
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.analyzer = analyzer
+        self.images = images
+        self.store = store
+        self.metrics = metrics
+        self.on_tick = on_tick
+        self.stop_event = threading.Event()
+        self._last_lag_check = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum, _frame):
+            log.info("shutdown requested", signal=signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self, *, max_batches: int | None = None, idle_exit_s: float | None = None) -> None:
+        """Consume until stopped (SIGTERM finishes the batch in hand, then commits and exits)."""
+        self.consumer.subscribe([self.settings.posts_topic])
+        batches, idle_since = 0, time.monotonic()
+        log.info("analyzer started", topic=self.settings.posts_topic, group=self.settings.consumer_group,
+                 backend=self.analyzer.versions.backend)
+        try:
+            while not self.stop_event.is_set():
+                self.on_tick()
+                records = self.poll_batch()
+                if not records:
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    continue
+                idle_since = time.monotonic()
+                try:
+                    self.process(records)
+                except ShutdownDuringRetry as exc:
+                    log.warning("stopping with the batch in hand uncommitted", reason=str(exc))
+                    break
+                batches += 1
+                if max_batches is not None and batches >= max_batches:
+                    break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - closing must not raise over the original error
+            log.warning("producer flush on close failed", error=str(exc))
+        self.consumer.close(autocommit=False)
+        self.producer.close(timeout=10)
+        self.analyzer.close()
+
+    # ---- one micro-batch -------------------------------------------------------------------------
+
+    def poll_batch(self) -> list[Any]:
+        """Collect up to batch_max_posts records, waiting at most batch_max_wait_ms after the first."""
+        limit = self.settings.batch_max_posts
+        wait_s = self.settings.batch_max_wait_ms / 1000
+        records: list[Any] = []
+        started = time.monotonic()
+        deadline = started + wait_s
+        while len(records) < limit and not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            polled = self.consumer.poll(timeout_ms=max(1, int(remaining * 1000)), max_records=limit - len(records))
+            for batch in polled.values():
+                records.extend(batch)
+            if not records:
+                deadline = time.monotonic() + wait_s  # the clock starts with the first record
+                if time.monotonic() - started > wait_s:
+                    break
+        if records:
+            self.metrics.stage_duration.labels("poll").observe(time.monotonic() - started)
+        return records
+
+    def process(self, records: list[Any]) -> BatchReport:
+        report = BatchReport(consumed=len(records))
+        self.metrics.posts_consumed.inc(len(records))
+        self.metrics.batch_size.observe(len(records))
+        rejected: list[Rejected] = []
+
+        with self._stage("validate", report):
+            accepted = self._validate(records, rejected)
+        with self._stage("fetch", report):
+            accepted = self._fetch(accepted, rejected)
+        with self._stage("analyze", report):
+            results = self._analyze(accepted, rejected)
+        with self._stage("store", report):
+            self._retry_until_done("store", lambda: self.store.write(results), self.metrics.store_errors)
+        with self._stage("produce", report):
+            self._retry_until_done("produce", lambda: self._produce(results, rejected), self.metrics.producer_errors)
+        with self._stage("commit", report):
+            committed = self._commit(records)
+
+        report.processed, report.dead_lettered = len(results), len(rejected)
+        if committed:
+            self.metrics.posts_processed.inc(len(results))
+            for item in rejected:
+                self.metrics.posts_dead_lettered.labels(item.stage).inc()
+            self.metrics.batches.inc()
+        self._update_lag()
+        log.info(
+            "batch",
+            consumed=report.consumed,
+            processed=report.processed,
+            dead_lettered=report.dead_lettered,
+            committed=committed,
+            dead_letter_stages=sorted({r.stage for r in rejected}),
+            **{f"{k}_seconds": round(v, 4) for k, v in report.stage_seconds.items()},
+        )
+        return report
+
+    def _validate(self, records: list[Any], rejected: list[Rejected]) -> list[Accepted]:
+        accepted = []
+        for record in records:
+            try:
+                accepted.append(Accepted(record, parse_post(record.value)))
+            except PostError as exc:
+                rejected.append(Rejected(record, exc, exc.stage))
+        return accepted
+
+    def _fetch(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[Accepted]:
+        if not accepted:
+            return []
+        started = time.monotonic()
+        loaded = self.images.load_many([a.post.image for a in accepted])
+        per_item = (time.monotonic() - started) / len(accepted)
+        ok = []
+        for item, image in zip(accepted, loaded):
+            if isinstance(image, BaseException):
+                rejected.append(Rejected(item.record, image, getattr(image, "stage", "fetch")))
+            else:
+                item.image, item.fetch_seconds = image, per_item
+                ok.append(item)
+        return ok
+
+    def _analyze(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[AnalysisResultV1]:
+        if not accepted:
+            return []
+        started = time.monotonic()
+        analyses = self._retry_until_done(
+            "analyze", lambda: self._analyze_isolating([a.image.rgb for a in accepted]), self.metrics.backend_errors
+        )
+        per_item = (time.monotonic() - started) / len(accepted)
+        now = datetime.now(timezone.utc)
+        results = []
+        for item, analysis in zip(accepted, analyses):
+            if isinstance(analysis, BaseException):
+                rejected.append(Rejected(item.record, analysis, "analyze"))
+                continue
+            timings = StageTimings(
+                fetch_seconds=item.fetch_seconds,
+                analyze_seconds=per_item,
+                total_seconds=item.fetch_seconds + per_item,
+            )
+            results.append(
+                AnalysisResultV1.from_analysis(
+                    item.post, analysis, analyzed_at=now, model_versions=self.analyzer.versions, timings=timings
+                )
+            )
+        return results
+
+    def _analyze_isolating(self, images: list[np.ndarray]) -> list[Any]:
+        """Analyse the batch; if one input breaks it, analyse one by one so only that input is rejected."""
+        try:
+            return list(self.analyzer.analyze(images))
+        except BackendUnavailable:
+            raise
+        except Exception as batch_error:  # noqa: BLE001 - isolate the poison input below
+            log.warning("batch analysis failed, isolating inputs", error=str(batch_error))
+            out: list[Any] = []
+            for image in images:
+                try:
+                    out.extend(self.analyzer.analyze([image]))
+                except BackendUnavailable:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    out.append(AnalysisFailed(f"{type(exc).__name__}: {exc}"))
+            return out
+
+    def _produce(self, results: list[AnalysisResultV1], rejected: list[Rejected]) -> None:
+        futures = []
+        for result in results:
+            futures.append(
+                self.producer.send(
+                    self.settings.results_topic,
+                    key=result.post_id.encode(),
+                    value=result.model_dump_json().encode(),
+                )
+            )
+        for item in rejected:
+            futures.append(
+                self.producer.send(
+                    self.settings.dlq_topic, key=item.record.key, value=item.record.value, headers=dlq_headers(item)
+                )
+            )
+        self.producer.flush(timeout=30)
+        for fut in futures:
+            fut.get(timeout=30)  # raises the KafkaError of any message that was not acknowledged
+
+    def _commit(self, records: list[Any]) -> bool:
+        try:
+            self.consumer.commit(offsets=commit_offsets(records))
+            return True
+        except CommitFailedError as exc:
+            # The group rebalanced while we held the batch: the new owner re-reads it, and the
+            # idempotent store write makes that harmless.
+            log.warning("commit failed after rebalance; batch will be re-read by the new owner", error=str(exc))
+            return False
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _retry_until_done(self, stage: str, fn: Callable[[], Any], errors_metric) -> Any:
+        """Retry a transient failure with capped backoff, keeping group membership alive meanwhile.
+
+        Nothing is committed while this waits, so a crash or shutdown here simply re-reads the batch.
+        """
+        delay = 0.2
+        started = time.monotonic()
+        paused = False
+        try:
+            while True:
+                try:
+                    return fn()
+                except (BackendUnavailable, KafkaError, ConnectionError, TimeoutError, OSError) as exc:
+                    errors_metric.inc()
+                    if not self._is_transient(stage, exc):
+                        raise
+                    waited = time.monotonic() - started
+                    if waited > self.settings.store_retry_max_s:
+                        raise
+                    log.warning(f"{stage} unavailable, retrying", error=f"{type(exc).__name__}: {exc}",
+                                waited_s=round(waited, 1), next_retry_s=round(delay, 2))
+                    if not paused:
+                        self.consumer.pause(*self.consumer.assignment())
+                        paused = True
+                    self._sleep_keeping_membership(delay)
+                    if self.stop_event.is_set():
+                        raise ShutdownDuringRetry(f"shutdown while {stage} was unavailable; batch not committed")
+                    delay = min(delay * 2, 5.0)
+        finally:
+            if paused:
+                self.consumer.resume(*self.consumer.assignment())
+
+    @staticmethod
+    def _is_transient(stage: str, exc: BaseException) -> bool:
+        if isinstance(exc, KafkaError):
+            return getattr(exc, "retriable", True) or stage == "produce"
+        return True
+
+    def _sleep_keeping_membership(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not self.stop_event.is_set():
+            self.on_tick()
+            self.consumer.poll(timeout_ms=min(500, max(1, int((end - time.monotonic()) * 1000))))
+
+    def _update_lag(self, every_s: float = 5.0) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_check < every_s:
+            return
+        self._last_lag_check = now
+        try:
+            assignment = self.consumer.assignment()
+            if not assignment:
+                return
+            ends = self.consumer.end_offsets(list(assignment))
+            for tp in assignment:
+                position = self.consumer.position(tp)
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, ends.get(tp, position) - position))
+        except KafkaError as exc:
+            log.debug("lag update failed", error=str(exc))
+
+    @contextmanager
+    def _stage(self, name: str, report: BatchReport) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            elapsed = time.monotonic() - started
+            report.stage_seconds[name] = elapsed
+            self.metrics.stage_duration.labels(name).observe(elapsed)
+
+
+class ShutdownDuringRetry(RuntimeError):
+    pass
