@@ -7,6 +7,10 @@ import torch
 
 from models.fusion import MiraHead, flatten_feature_map, masked_mean
 
+# The first backward() of a process lazily imports torch.nested (~1-2 s); pay it at collection,
+# not inside whichever test happens to run first.
+torch.ones(1, requires_grad=True).sum().backward()
+
 B, K, T, C, H, W, D = 2, 3, 12, 20, 3, 4, 16
 
 
