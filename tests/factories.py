@@ -96,7 +96,8 @@ def post_json(post_id: str, **kw: Any) -> bytes:
 
 
 def make_emotions(negative: float, *, dominant: str | None = None) -> EmotionDistribution:
-    """An 8-emotion distribution whose negative emotions sum to `negative` (to ~1e-12).
+    """An 8-emotion distribution whose negative emotions sum to `negative` (to ~1e-6; values are
+    rounded to 6 decimals because noida-db returns floats with 16 significant digits).
 
     Mass is split unevenly inside each polarity so there is a clear dominant emotion; pass
     `dominant` to choose it (it must match the larger side unless negative is 0.5)."""
@@ -109,7 +110,7 @@ def make_emotions(negative: float, *, dominant: str | None = None) -> EmotionDis
     for names, mass in ((neg_names, negative), (pos_names, 1.0 - negative)):
         order = sorted(names, key=lambda n: n != dominant)  # dominant first, if on this side
         for name, w in zip(order, weights):
-            values[name] = mass * w
+            values[name] = round(mass * w, 6)  # short decimals survive stores that reformat floats
     return EmotionDistribution(**values)
 
 
@@ -180,7 +181,7 @@ def make_result(
         image_width=size[0],
         image_height=size[1],
         polarity="negative" if negative >= 0.5 else "positive",
-        polarity_probs=PolarityProbs(positive=1.0 - negative, negative=negative),
+        polarity_probs=PolarityProbs(positive=round(1.0 - negative, 6), negative=negative),
         negative_score=negative,
         emotions=emotions,
         dominant_emotion=emotions.dominant(),

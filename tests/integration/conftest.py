@@ -28,7 +28,7 @@ import pytest
 # the project packages). Better: `pythonpath = ["."]` under [tool.pytest.ini_options].
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+    sys.path.append(_ROOT)
 
 from workers.localstack import LocalStack, NoidaStore, Tansu  # noqa: E402
 

@@ -1,0 +1,391 @@
+"""The Elasticsearch side: client, index templates, idempotent bulk sinks.
+
+The same code runs against real Elasticsearch 8 and the local noida-db (which supports composable
+index templates, dynamic: strict, nested, bulk and refresh=wait_for; checked on 0.2.3).
+
+Write semantics (at-least-once upstream, idempotent here):
+- `_id` = the document's id field (post_id / alert_id), op_type index -> a re-delivery overwrites.
+- Items failing with 429 / 5xx / 408, and connection errors or timeouts, are retried (only those
+  items) with exponential backoff and full jitter until `retry_max_s` (settings.store_retry_max_s)
+  has passed; then `StoreUnavailable` is raised and nothing may be committed upstream.
+- Items rejected with 400 (mapping / parsing errors: the document's own fault) are not retried;
+  once every other item is stored, `StoreRejected` is raised carrying their ids and reasons so the
+  worker can dead-letter exactly those posts and commit the rest.
+- Any other non-retryable failure (401/403 credentials, 404 missing index without auto-create, a
+  request-level 4xx) raises `StoreUnavailable` at once: it is not the documents' fault and
+  retrying for minutes would not help.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout, TransportError
+from elasticsearch import ApiError, Elasticsearch, helpers
+from pydantic import BaseModel
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from schemas.es_templates import alerts_template, results_template
+from schemas.results import AlertV1, AnalysisResultV1
+from workers.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+REJECTED_STATUS = frozenset({400})
+
+__all__ = [
+    "AlertSink",
+    "BulkSink",
+    "ResultSink",
+    "SinkStats",
+    "StoreError",
+    "StoreRejected",
+    "StoreUnavailable",
+    "install_templates",
+    "make_es_client",
+    "ping",
+    "redact_url",
+]
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class StoreError(RuntimeError):
+    """Base class of the sink errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store did not accept the batch (retries exhausted, or a non-retryable store-side error).
+    Nothing about the batch may be committed; `pending_ids` were not confirmed stored."""
+
+    def __init__(self, message: str, *, pending_ids: list[str], last_error: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.pending_ids = pending_ids
+        self.last_error = last_error
+        self.status = status
+
+
+class StoreRejected(StoreError):
+    """Some documents were refused as invalid (HTTP 400 per item); every other document of the
+    batch IS stored. `ids` lists the refused ones, `reasons` maps id -> error text."""
+
+    def __init__(self, reasons: dict[str, str], *, index: str):
+        self.reasons = dict(reasons)
+        self.ids = list(reasons)
+        self.index = index
+        sample = "; ".join(f"{k}: {v}" for k, v in list(self.reasons.items())[:3])
+        super().__init__(f"{len(self.ids)} document(s) rejected by {index}: {sample}")
+
+
+# ---- client ------------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password (for logs)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def make_es_client(settings: Settings, **overrides: Any) -> Elasticsearch:
+    """An Elasticsearch client from Settings: url, basic auth or api key, CA file, timeouts.
+
+    The client retries a failed request itself a couple of times (other node / timeout); the sinks
+    add the long, backed-off retry on top. Secrets are only unwrapped here and never logged.
+    """
+    kwargs: dict[str, Any] = {
+        "request_timeout": settings.es_request_timeout_s,
+        "retry_on_timeout": True,
+        "max_retries": 2,
+    }
+    auth = "none"
+    if settings.es_api_key is not None:
+        kwargs["api_key"] = settings.es_api_key.get_secret_value()
+        auth = "api_key"
+    elif settings.es_username is not None:
+        password = settings.es_password.get_secret_value() if settings.es_password is not None else ""
+        kwargs["basic_auth"] = (settings.es_username, password)
+        auth = "basic"
+    if settings.es_ca_certs is not None:
+        kwargs["ca_certs"] = str(settings.es_ca_certs)
+    kwargs.update(overrides)
+    log.info("es_client", url=redact_url(settings.es_url), auth=auth, ca_certs=bool(settings.es_ca_certs),
+             request_timeout_s=settings.es_request_timeout_s)  # fmt: skip
+    return Elasticsearch(settings.es_url, **kwargs)
+
+
+def ping(es: Elasticsearch) -> bool:
+    """Readiness: True when the store answers its root endpoint."""
+    try:
+        return bool(es.ping())
+    except Exception:  # ping() already maps most failures to False; be safe for the rest
+        return False
+
+
+# ---- templates ---------------------------------------------------------------------------------
+
+
+def _ensure_index(es: Elasticsearch, name: str, template: dict[str, Any], *, used_template: bool) -> None:
+    mappings = template["template"]["mappings"]
+    if not es.indices.exists(index=name):
+        try:
+            if used_template:
+                es.indices.create(index=name)  # settings + mappings come from the template
+            else:
+                es.indices.create(index=name, settings=template["template"]["settings"], mappings=mappings)
+            log.info("es_index_created", index=name)
+            return
+        except ApiError as exc:
+            if getattr(exc, "error", "") != "resource_already_exists_exception":
+                raise
+    # Existing index (or lost a creation race): add any new fields. Adding fields is allowed;
+    # changing a field's type is not and raises (400) -> a new index / reindex is needed.
+    es.indices.put_mapping(index=name, properties=mappings["properties"], dynamic=mappings.get("dynamic", "strict"))
+
+
+def install_templates(es: Elasticsearch, settings: Settings) -> dict[str, str]:
+    """Put the composable templates (results + alerts) and create both indices if missing.
+
+    Idempotent. Returns {index: "template" | "mappings"} saying how each index got its mapping.
+    Stores without composable templates (404/400/405 on PUT _index_template) get the index created
+    directly with the template's settings and mappings instead; noida-db 0.2.3 supports templates,
+    so that path is only for other Elasticsearch-API stores.
+    """
+    done: dict[str, str] = {}
+    for index, template in (
+        (settings.es_results_index, results_template(settings.es_results_index)),
+        (settings.es_alerts_index, alerts_template(settings.es_alerts_index)),
+    ):
+        used_template = True
+        try:
+            es.indices.put_index_template(name=index, **template)
+        except ApiError as exc:
+            unsupported = exc.status_code in (404, 405, 501) or (
+                exc.status_code == 400 and any(s in str(exc).lower() for s in ("no handler", "unrecognized", "unknown"))
+            )
+            if not unsupported:
+                raise  # e.g. an overlapping template of the same priority: a real configuration error
+            log.warning("es_index_templates_unsupported", index=index, status=exc.status_code, error=str(exc)[:300])
+            used_template = False
+        _ensure_index(es, index, template, used_template=used_template)
+        done[index] = "template" if used_template else "mappings"
+    return done
+
+
+# ---- sinks -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SinkStats:
+    """Counters since the sink was created (cheap to export as metrics)."""
+
+    written: int = 0
+    rejected: int = 0
+    retries: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    seconds: float = 0.0
+    last_error: str | None = field(default=None)
+
+
+class _RetryableFailure(Exception):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _error_text(item: dict[str, Any]) -> str:
+    err = item.get("error")
+    if isinstance(err, dict):
+        text = f"{err.get('type', 'error')}: {err.get('reason', '')}"
+        caused = err.get("caused_by")
+        if isinstance(caused, dict) and caused.get("reason"):
+            text += f" (caused by {caused.get('type')}: {caused.get('reason')})"
+        return text[:1000]
+    return str(err)[:1000]
+
+
+class BulkSink(Generic[M]):
+    """Idempotent bulk writer of pydantic documents into one index, `_id` = `id_field`."""
+
+    def __init__(
+        self,
+        es: Elasticsearch,
+        index: str,
+        id_field: str,
+        *,
+        retry_max_s: float = 600.0,
+        refresh: bool | str = False,
+        chunk_size: int = 500,
+        max_chunk_bytes: int = 20 * 1024 * 1024,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.es = es
+        self.index = index
+        self.id_field = id_field
+        self.retry_max_s = retry_max_s
+        self.refresh = refresh
+        self.chunk_size = chunk_size
+        self.max_chunk_bytes = max_chunk_bytes
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self.stats = SinkStats()
+
+    def _doc_id(self, doc: M) -> str:
+        return str(getattr(doc, self.id_field))
+
+    def write(self, docs: Iterable[M]) -> None:
+        """Store every document (a list, or any iterable, consumed lazily once).
+
+        Ids should be unique within one call (the worker dedupes a batch); with duplicates the
+        last one wins when all succeed at the first try.
+
+        Returns when all are stored. Raises StoreRejected (the others ARE stored) or
+        StoreUnavailable (unknown which are stored; nothing may be committed).
+        """
+        t0 = time.monotonic()
+        source = iter(docs)
+        pending: dict[str, dict[str, Any]] = {}  # id -> serialised source, not yet confirmed
+        rejected: dict[str, str] = {}
+        exhausted = False
+        self.stats.batches += 1
+
+        def consume() -> Iterator[dict[str, Any]]:
+            nonlocal exhausted
+            for doc in source:
+                doc_id = self._doc_id(doc)
+                body = doc.model_dump(mode="json")
+                pending[doc_id] = body  # a duplicate id in one batch: the last one wins
+                yield {"_op_type": "index", "_index": self.index, "_id": doc_id, "_source": body}
+            exhausted = True
+
+        def actions() -> Iterator[dict[str, Any]]:
+            # Retry what is pending first (a snapshot: items are removed as they are confirmed),
+            # then continue with the documents not yet taken from the input.
+            for doc_id, body in list(pending.items()):
+                yield {"_op_type": "index", "_index": self.index, "_id": doc_id, "_source": body}
+            if not exhausted:
+                yield from consume()
+
+        def attempt() -> None:
+            retry: _RetryableFailure | None = None
+            try:
+                for ok, result in helpers.streaming_bulk(
+                    self.es,
+                    actions(),
+                    chunk_size=self.chunk_size,
+                    max_chunk_bytes=self.max_chunk_bytes,
+                    raise_on_error=False,
+                    raise_on_exception=False,
+                    max_retries=0,  # retries are ours: per item, backed off, bounded by retry_max_s
+                    **({"refresh": self.refresh} if self.refresh else {}),
+                ):
+                    (item,) = result.values()
+                    doc_id = str(item.get("_id"))
+                    status = int(item.get("status", 500))
+                    if ok:
+                        pending.pop(doc_id, None)
+                        self.stats.written += 1
+                        continue
+                    error = _error_text(item)
+                    if status in RETRYABLE_STATUS:
+                        retry = _RetryableFailure(f"HTTP {status}: {error}", status)
+                    elif status in REJECTED_STATUS and "exception" not in item:
+                        # a per-item 400 (mapping / parsing): the document's own fault
+                        pending.pop(doc_id, None)
+                        rejected[doc_id] = error
+                    else:
+                        # request-level 4xx or 401/403/404...: not the document's fault
+                        raise StoreUnavailable(
+                            f"store refused the bulk request to {self.index} (HTTP {status}): {error}",
+                            pending_ids=list(pending),
+                            last_error=error,
+                            status=status,
+                        )
+            except (TransportConnectionError, ConnectionTimeout) as exc:
+                raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
+            except ApiError as exc:  # outside the bulk call (should not happen); classify by status
+                if exc.status_code in RETRYABLE_STATUS:
+                    raise _RetryableFailure(f"HTTP {exc.status_code}: {exc}", exc.status_code) from exc
+                raise
+            except TransportError as exc:  # other transport-level trouble (TLS, serialisation of the reply)
+                raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
+            if retry is not None or pending or not exhausted:
+                raise retry or _RetryableFailure("documents left unconfirmed")
+
+        def before_sleep(state) -> None:
+            self.stats.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            self.stats.last_error = str(exc)[:500] if exc else None
+            log.warning(
+                "es_write_retry",
+                index=self.index,
+                attempt=state.attempt_number,
+                pending=len(pending),
+                wait_s=round(state.next_action.sleep if state.next_action else 0.0, 3),
+                error=self.stats.last_error,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_RetryableFailure),
+            wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
+            stop=stop_after_delay(self.retry_max_s),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=False,
+        )
+        try:
+            retrying(attempt)
+        except RetryError as exc:
+            self.stats.failed_batches += 1
+            last = exc.last_attempt.exception()
+            log.error("es_write_gave_up", index=self.index, pending=len(pending), after_s=round(time.monotonic() - t0, 1),
+                      error=str(last)[:500])  # fmt: skip
+            raise StoreUnavailable(
+                f"{self.index}: {len(pending)} document(s) not stored after {time.monotonic() - t0:.1f} s of retries: {last}",
+                pending_ids=list(pending),
+                last_error=str(last),
+                status=getattr(last, "status", None),
+            ) from last
+        except StoreUnavailable:
+            self.stats.failed_batches += 1
+            raise
+        finally:
+            self.stats.seconds += time.monotonic() - t0
+        if rejected:
+            self.stats.rejected += len(rejected)
+            log.warning("es_write_rejected", index=self.index, count=len(rejected), ids=list(rejected)[:20])
+            raise StoreRejected(rejected, index=self.index)
+
+
+class ResultSink(BulkSink[AnalysisResultV1]):
+    """AnalysisResultV1 -> settings.es_results_index, `_id` = post_id."""
+
+    def __init__(self, es: Elasticsearch, settings: Settings, **kw: Any) -> None:
+        kw.setdefault("retry_max_s", settings.store_retry_max_s)
+        super().__init__(es, settings.es_results_index, "post_id", **kw)
+
+
+class AlertSink(BulkSink[AlertV1]):
+    """AlertV1 -> settings.es_alerts_index, `_id` = alert_id."""
+
+    def __init__(self, es: Elasticsearch, settings: Settings, **kw: Any) -> None:
+        kw.setdefault("retry_max_s", settings.store_retry_max_s)
+        super().__init__(es, settings.es_alerts_index, "alert_id", **kw)
