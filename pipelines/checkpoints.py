@@ -1,0 +1,66 @@
+"""Saving and loading the trained heads with their model card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.moodnet import HeadsConfig, MoodHeads
+
+DEFAULT_HEADS = Path(__file__).resolve().parent.parent / "models" / "weights" / "heads.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def heads_version(heads: MoodHeads) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(heads.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def save_heads(heads: MoodHeads, path: Path, card: dict[str, Any]) -> Path:
+    """Write `heads.pt` (fp16 weights + config + card) and a human-readable `MODEL_CARD.md` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in heads.state_dict().items()}
+    card = {**card, "version": heads_version(heads)}
+    torch.save({"config": heads.config.to_dict(), "state_dict": state, "card": card}, path)
+    (path.parent / "MODEL_CARD.md").write_text(render_card(card))
+    (path.parent / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+    return path
+
+
+def load_heads(path: Path, device: str = "cpu") -> tuple[MoodHeads, dict[str, Any]]:
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"heads checkpoint not found: {path} (train one with `moodwatch train`, or unset MOODWATCH_HEADS_PATH "
+            f"to use the shipped default)"
+        )
+    blob = torch.load(path, map_location=device, weights_only=False)
+    heads = MoodHeads(HeadsConfig(**blob["config"]))
+    heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    return heads.eval().to(device), blob.get("card", {})
+
+
+def render_card(card: dict[str, Any]) -> str:
+    lines = ["# moodwatch heads — model card", ""]
+    for key in ("version", "created_at", "seed", "index", "image_encoder", "text_encoder"):
+        if key in card:
+            lines.append(f"- **{key}**: {card[key]}")
+    if "supervision" in card:
+        lines += ["", "## What supervised what", ""]
+        lines += [f"- **{k}**: {v}" for k, v in card["supervision"].items()]
+    if "data" in card:
+        lines += ["", "## Data", ""] + [f"- **{k}**: {v}" for k, v in card["data"].items()]
+    if "metrics" in card:
+        lines += ["", "## Metrics", "", "```", json.dumps(card["metrics"], indent=2), "```"]
+    if "limitations" in card:
+        lines += ["", "## Limitations", "", card["limitations"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,238 @@
+"""Training of every head on cached frozen-backbone features.
+
+What supervises what (Twitter I has binary polarity labels only, no emotion labels):
+- aligned image encoder: contrastive (InfoNCE) against the MiniLM embedding of each training
+  image's generated caption (captions.csv) — no sentiment label is used;
+- MIRA polarity head: the Twitter I polarity labels (cross-entropy);
+- distribution head (EW-MTCNN): soft 8-emotion targets built from the emotion labels of the
+  sentences retrieved for the image (top `target_k`, similarity-weighted), restricted to the
+  emotions of the image's labelled polarity (uniform over that half when none was retrieved);
+  loss (1 - lambda) CE + lambda KL, lambda = 0.7;
+- region scorer: the same image-level soft target for every region of the image (multiple-instance
+  style: the paper's region sentiment labels do not exist for this data);
+- concatenation fusion (evaluation variant): polarity labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.emotions import POSITIVE_MASK, multitask_loss, polarity_from_emotions
+from models.moodnet import HeadsConfig, MoodHeads
+from models.regions import ConcatFusion, ar_score, senti_score
+from pipelines.features import FeatureCache
+from pipelines.retrieval import SentenceDatabase
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 40
+    align_epochs: int = 60
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    lam: float = 0.7
+    target_k: int = 10
+    target_temperature: float = 0.05
+    heads: HeadsConfig = HeadsConfig()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["heads"] = self.heads.to_dict()
+        return d
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float32))
+
+
+def _batches(n: int, size: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+def train_aligner(heads: MoodHeads, cache: FeatureCache, cfg: TrainConfig, rng: np.random.Generator) -> list[float]:
+    has_caption = np.abs(cache.caption_emb).sum(1) > 0
+    if has_caption.sum() < 2:
+        return []
+    pooled, flipped = _tensor(cache.pooled[has_caption]), _tensor(cache.pooled_flip[has_caption])
+    text = _tensor(cache.caption_emb[has_caption])
+    aligner = heads.aligner.train()
+    opt = torch.optim.AdamW(aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for _ in range(cfg.align_epochs):
+        for idx in _batches(len(pooled), 128, rng):
+            if len(idx) < 2:
+                continue
+            use_flip = torch.as_tensor(rng.random(len(idx)) < 0.5).unsqueeze(1)
+            x = torch.where(use_flip, flipped[idx], pooled[idx])
+            loss = aligner.loss(x, text[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    aligner.eval()
+    return losses
+
+
+def retrieve(heads: MoodHeads, db: SentenceDatabase, pooled: np.ndarray, k: int):
+    with torch.inference_mode():
+        query = heads.embed(_tensor(pooled)).numpy()
+    return db.retrieve(query, k=min(k, len(db)))
+
+
+def emotion_targets(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig) -> np.ndarray:
+    """Soft 8-emotion targets from retrieved sentence labels, kept on the labelled polarity's half."""
+    r = retrieve(heads, db, cache.pooled, cfg.target_k)
+    weights = np.exp((r.scores - r.scores.max(1, keepdims=True)) / cfg.target_temperature)
+    target = np.zeros((len(cache.labels), 8), np.float32)
+    np.add.at(target, (np.arange(len(target))[:, None].repeat(r.ids.shape[1], 1), r.emotion_ids), weights)
+    half = np.where(cache.labels[:, None] == 1, POSITIVE_MASK.numpy()[None], 1 - POSITIVE_MASK.numpy()[None])
+    target *= half
+    empty = target.sum(1) <= 0
+    target[empty] = half[empty]
+    return target / target.sum(1, keepdims=True)
+
+
+def polarity_targets(labels: np.ndarray) -> torch.Tensor:
+    """Twitter I label 1 = positive -> class 0 (index order of POLARITY_CLASSES)."""
+    return torch.as_tensor(1 - np.asarray(labels), dtype=torch.long)
+
+
+def train_mira(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig, rng) -> list[float]:
+    k = heads.config.retrieval_k
+    text = _tensor(retrieve(heads, db, cache.pooled, k).features) if heads.mira.mode != "image_only" else None
+    fmaps = _tensor(cache.feat_maps)
+    y = polarity_targets(cache.labels)
+    mira = heads.mira.train()
+    opt = torch.optim.AdamW(mira.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for _ in range(cfg.epochs):
+        for idx in _batches(len(y), cfg.batch_size, rng):
+            fm = fmaps[idx]
+            flip = torch.as_tensor(rng.random(len(idx)) < 0.5).view(-1, 1, 1, 1)
+            fm = torch.where(flip, fm.flip(-1), fm)
+            logits = mira(text[idx] if text is not None else None, fm)
+            loss = nn.functional.cross_entropy(logits, y[idx], label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    mira.eval()
+    return losses
+
+
+def train_distribution(heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng) -> list[float]:
+    pooled, flipped, t = _tensor(cache.pooled), _tensor(cache.pooled_flip), _tensor(targets)
+    head = heads.distribution.train()
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for _ in range(cfg.epochs):
+        for idx in _batches(len(t), cfg.batch_size, rng):
+            use_flip = torch.as_tensor(rng.random(len(idx)) < 0.5).unsqueeze(1)
+            p = head(torch.where(use_flip, flipped[idx], pooled[idx]))
+            loss = multitask_loss(p, t[idx], lam=cfg.lam)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    head.eval()
+    return losses
+
+
+def train_region_scorer(heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng) -> list[float]:
+    img, reg = np.nonzero(cache.region_mask)
+    if len(img) == 0:
+        return []
+    feats, t = _tensor(cache.region_feats[img, reg]), _tensor(targets[img])
+    scorer = heads.region_scorer.train()
+    opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for _ in range(max(1, cfg.epochs // 4)):
+        for idx in _batches(len(t), 256, rng):
+            loss = multitask_loss(scorer(feats[idx]), t[idx], lam=cfg.lam)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    scorer.eval()
+    return losses
+
+
+def top_regions(heads: MoodHeads, cache: FeatureCache, k: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: the top-k regions by AR score -> (emotion dists [N,k,8], feats [N,k,C], mask [N,k])."""
+    with torch.inference_mode():
+        feats = _tensor(cache.region_feats)
+        n, r, c = feats.shape
+        dists = heads.score_regions(feats.view(n * r, c)).view(n, r, 8)
+        ar = ar_score(_tensor(cache.region_objectness), senti_score(dists), alpha=alpha)
+        ar = torch.where(torch.as_tensor(cache.region_mask), ar, torch.full_like(ar, -1.0))
+        order = ar.argsort(dim=1, descending=True)[:, :k]
+        mask = torch.gather(torch.as_tensor(cache.region_mask), 1, order)
+        top_d = torch.gather(dists, 1, order.unsqueeze(-1).expand(-1, -1, 8))
+        top_f = torch.gather(feats, 1, order.unsqueeze(-1).expand(-1, -1, c))
+    return top_d, top_f, mask
+
+
+def train_concat_fusion(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig, rng,
+                        top_k: int = 8) -> ConcatFusion:
+    glob = mira_features(heads, db, cache)
+    _, feats, mask = top_regions(heads, cache, top_k, heads.config.region_alpha)
+    fusion = ConcatFusion(glob.shape[1], feats.shape[2]).train()
+    y = polarity_targets(cache.labels)
+    opt = torch.optim.AdamW(fusion.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        for idx in _batches(len(y), cfg.batch_size, rng):
+            loss = nn.functional.cross_entropy(fusion(glob[idx], feats[idx], mask[idx]), y[idx], label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return fusion.eval()
+
+
+def mira_features(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> torch.Tensor:
+    with torch.inference_mode():
+        text = _tensor(retrieve(heads, db, cache.pooled, heads.config.retrieval_k).features)
+        pooled, _ = heads.mira.features(text if heads.mira.mode != "image_only" else None, _tensor(cache.feat_maps))
+    return pooled
+
+
+def mira_probs(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> torch.Tensor:
+    with torch.inference_mode():
+        text = None
+        if heads.mira.mode != "image_only":
+            text = _tensor(retrieve(heads, db, cache.pooled, heads.config.retrieval_k).features)
+        return heads.mira(text, _tensor(cache.feat_maps)).softmax(-1)
+
+
+def train_heads(cache: FeatureCache, db: SentenceDatabase, cfg: TrainConfig = TrainConfig(),
+                aligner_from: MoodHeads | None = None) -> tuple[MoodHeads, dict]:
+    """Fit every head; returns the heads and the loss history. `aligner_from` reuses a trained aligner."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    heads = MoodHeads(cfg.heads)
+    history: dict[str, list[float]] = {}
+    if aligner_from is not None:
+        heads.aligner.load_state_dict(aligner_from.aligner.state_dict())
+    else:
+        history["aligner"] = train_aligner(heads, cache, cfg, rng)
+    targets = emotion_targets(heads, db, cache, cfg)
+    history["mira"] = train_mira(heads, db, cache, cfg, rng)
+    history["distribution"] = train_distribution(heads, cache, targets, cfg, rng)
+    history["regions"] = train_region_scorer(heads, cache, targets, cfg, rng)
+    return heads.eval(), history
+
+
+def with_mode(cfg: TrainConfig, mode: str, k: int | None = None) -> TrainConfig:
+    return replace(cfg, heads=replace(cfg.heads, mira_mode=mode, retrieval_k=k or cfg.heads.retrieval_k))
+
+
+def region_polarity(heads: MoodHeads, cache: FeatureCache, k: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    dists, _, mask = top_regions(heads, cache, k, heads.config.region_alpha)
+    return polarity_from_emotions(dists), mask

@@ -1,0 +1,54 @@
+"""Build the Analyzer backend chosen by settings (local torch or Triton); the worker code never changes."""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.analyze import AnalyzerOptions, LocalAnalyzer
+from pipelines.analyzer_api import Analyzer
+from pipelines.checkpoints import DEFAULT_HEADS, load_heads
+from pipelines.regions import RegionSettings
+from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
+from workers.logs import get_logger
+from workers.settings import Settings
+
+log = get_logger("moodwatch.backends")
+
+
+def analyzer_options(settings: Settings) -> AnalyzerOptions:
+    return AnalyzerOptions(
+        retrieval_k=settings.retrieval_k,
+        regions_enabled=settings.regions_enabled,
+        regions_top_k=settings.regions_top_k,
+        region=RegionSettings(),
+    )
+
+
+def load_database(settings: Settings) -> SentenceDatabase:
+    if settings.index_dir is not None:
+        return SentenceDatabase.load(settings.index_dir)
+    from models.encoders import load_text_encoder
+
+    return ensure_seed_index(default_index_dir(settings.artifacts_dir), load_text_encoder(settings.text_encoder, "cpu"))
+
+
+def build_local_analyzer(settings: Settings) -> LocalAnalyzer:
+    from models.encoders import load_image_backbone
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    heads_path = settings.heads_path if settings.heads_path.exists() else DEFAULT_HEADS
+    heads, card = load_heads(heads_path, device=settings.device)
+    backbone = load_image_backbone(settings.image_encoder, settings.device)
+    database = load_database(settings)
+    analyzer = LocalAnalyzer(backbone, heads, database, analyzer_options(settings))
+    log.info("local analyzer ready", heads=analyzer.versions.heads, index=analyzer.versions.index,
+             sentences=len(database), image_encoder=backbone.name)
+    return analyzer
+
+
+def build_analyzer(settings: Settings) -> Analyzer:
+    if settings.backend == "triton":
+        from workers.triton_backend import TritonAnalyzer
+
+        return TritonAnalyzer.from_settings(settings)
+    return build_local_analyzer(settings)

@@ -1,0 +1,115 @@
+"""The `moodwatch` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+from workers.logs import configure_logging  # noqa: E402
+from workers.settings import Settings  # noqa: E402
+
+app = typer.Typer(help="moodwatch: streaming visual sentiment for image posts.", no_args_is_help=True)
+
+
+def _settings(**overrides) -> Settings:
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+class OutputFormat(str, Enum):
+    jsonl = "jsonl"
+    table = "table"
+
+
+@app.command()
+def analyze(
+    paths: list[Path] = typer.Argument(..., help="image files to analyse", exists=True, dir_okay=False),
+    format: OutputFormat = typer.Option(OutputFormat.jsonl, "--format", help="jsonl: one JSON object per image"),
+    backend: Optional[str] = typer.Option(None, help="local | triton (default: MOODWATCH_BACKEND)"),
+) -> None:
+    """Analyse image files directly (no broker, no store)."""
+    from workers.backends import build_analyzer
+    from workers.images import ImageError, decode_image
+
+    settings = _settings(backend=backend)
+    analyzer = build_analyzer(settings)
+    formats = tuple(f.strip().upper() for f in settings.image_formats.split(","))
+    exit_code = 0
+    try:
+        for path in paths:
+            try:
+                image = decode_image(path.read_bytes(), max_pixels=settings.image_max_pixels, formats=formats)
+            except ImageError as exc:
+                typer.echo(json.dumps({"path": str(path), "error": type(exc).__name__, "message": str(exc)}))
+                exit_code = 1
+                continue
+            (analysis,) = analyzer.analyze([image.rgb])
+            record = {"path": str(path), **analysis.model_dump(mode="json")}
+            if format is OutputFormat.jsonl:
+                typer.echo(json.dumps(record))
+            else:
+                top = analysis.evidence[0].text if analysis.evidence else ""
+                typer.echo(f"{path}\t{analysis.polarity}\t{analysis.polarity_probs.positive:.3f}\t"
+                           f"{analysis.dominant_emotion}\t{len(analysis.regions)} regions\t{top}")
+    finally:
+        analyzer.close()
+    raise typer.Exit(exit_code)
+
+
+@app.command("analyzer")
+def run_analyzer(
+    idle_exit_s: Optional[float] = typer.Option(None, help="exit after this many idle seconds (default: run forever)"),
+) -> None:
+    """Run the streaming analyzer worker (consumer group on the posts topic)."""
+    from workers.runtime import run_worker
+
+    settings = _settings()
+    sys.exit(run_worker(settings, idle_exit_s=idle_exit_s))
+
+
+@app.command()
+def demo(
+    serve: bool = typer.Option(False, "--serve", help="keep running and serve the dashboard"),
+    triton: bool = typer.Option(False, "--triton", help="run the models in a local tritonserver"),
+    workdir: Path = typer.Option(Path("artifacts/demo"), help="where the local stack keeps data and logs"),
+) -> None:
+    """Start a local broker and store, analyse sample posts end to end, print a summary."""
+    from workers.demo import run_demo
+
+    settings = _settings(backend="triton" if triton else None)
+    raise typer.Exit(run_demo(settings, workdir=workdir, serve=serve, triton=triton))
+
+
+def _mount_optional(module: str, attr: str, name: str, help_: str) -> None:
+    """Sub-apps live in their own modules; a missing optional piece must not break the whole CLI."""
+    import importlib
+
+    try:
+        sub = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return
+    app.add_typer(sub, name=name, help=help_)
+
+
+from workers.cli_models import train  # noqa: E402
+
+app.command("train")(train)
+_mount_optional("workers.cli_index", "app", "index", "Build and inspect the emotion-sentence retrieval index.")
+_mount_optional("workers.cli_models", "eval_app", "eval", "Evaluate on benchmark data.")
+_mount_optional("workers.cli_triton", "app", "triton", "Triton model repository export and serving.")
+_mount_optional("workers.cli_ops", "dlq_app", "dlq", "Inspect and replay the dead-letter topic.")
+
+
+if __name__ == "__main__":
+    app()

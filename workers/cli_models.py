@@ -1,0 +1,123 @@
+"""`moodwatch train` and `moodwatch eval twitter1`: heads training and the paper's evaluation protocol."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workers.settings import Settings
+
+console = Console(stderr=True)
+eval_app = typer.Typer(help="Evaluate on benchmark data.", no_args_is_help=True)
+
+
+def _load_inputs(data_dir: Optional[Path], subset: str, index_dir: Optional[Path], settings: Settings, regions: bool):
+    from models.encoders import load_image_backbone, load_text_encoder
+    from pipelines.datasets import DatasetNotFound, default_data_dir, load_twitter1
+    from pipelines.features import cached_features
+    from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
+
+    try:
+        all_items = load_twitter1("three", data_dir)  # the superset: one cache serves every subset
+        wanted = {item.name for item in load_twitter1(subset, data_dir)}
+    except DatasetNotFound as exc:
+        console.print(f"[red]error:[/red] {exc}. Pass --data DIR (default {default_data_dir()}).")
+        raise typer.Exit(2) from exc
+    text_encoder = load_text_encoder(settings.text_encoder, "cpu")
+    backbone = load_image_backbone(settings.image_encoder, "cpu")
+    console.print(f"features for {len(all_items)} images (cached under {settings.artifacts_dir / 'cache'})")
+    cache = cached_features(all_items, backbone, text_encoder, settings.artifacts_dir / "cache", regions=regions)
+    labels = {item.name: item.label for item in load_twitter1(subset, data_dir)}
+    import numpy as np
+
+    idx = np.array([i for i, n in enumerate(cache.names) if n in wanted])
+    cache = cache.subset(idx)
+    cache.labels = np.array([labels[n] for n in cache.names])  # the subset's own agreement labels
+    db = SentenceDatabase.load(index_dir) if index_dir else ensure_seed_index(
+        default_index_dir(settings.artifacts_dir), text_encoder)
+    return cache, db, backbone, text_encoder
+
+
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="folder holding twitter1-dev/ (default ../shared/data)"),
+    subset: str = typer.Option("three", help="Twitter I agreement subset used for training: three|four|five"),
+    index: Optional[Path] = typer.Option(None, help="retrieval index folder (default: the shipped seed index)"),
+    out: Path = typer.Option(Path("artifacts/heads/heads.pt"), help="checkpoint path (model card written beside it)"),
+    seed: int = typer.Option(0),
+    epochs: int = typer.Option(40),
+    regions: bool = typer.Option(True, help="compute region proposals for the region scorer (slow the first time)"),
+) -> None:
+    """Train the aligned encoder, MIRA head, distribution head and region scorer; write a checkpoint + model card."""
+    from pipelines.checkpoints import save_heads
+    from pipelines.evaluate import aligner_recall
+    from pipelines.train import TrainConfig, train_heads
+
+    settings = Settings()
+    started = time.monotonic()
+    cache, db, backbone, text_encoder = _load_inputs(data, subset, index, settings, regions)
+    cfg = TrainConfig(seed=seed, epochs=epochs)
+    console.print(f"training on {len(cache.names)} images, index {db.version} ({len(db)} sentences)")
+    heads, history = train_heads(cache, db, cfg)
+    from pipelines.train import __doc__ as supervision_doc
+
+    card = {
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "seed": seed,
+        "index": f"{db.version} ({len(db)} sentences: {db.emotion_counts()})",
+        "image_encoder": backbone.name,
+        "text_encoder": text_encoder.name,
+        "config": cfg.to_dict(),
+        "data": {"twitter1": f"{len(cache.names)} images, subset {subset}-agree, labels 1=positive",
+                 "captions": "twitter1-dev/captions.csv (aligned encoder only)"},
+        "supervision": {"summary": " ".join(supervision_doc.split("\n\n")[1].split())},
+        "metrics": {
+            "final_losses": {k: (v[-1] if v else None) for k, v in history.items()},
+            "train_aligner_recall": aligner_recall(heads, cache),
+            "note": "held-out accuracy: run `moodwatch eval twitter1 --subset five`",
+        },
+        "limitations": "Trained on 888 Twitter images with binary labels; emotion and region supervision is "
+                       "derived from retrieved sentences, not human emotion labels.",
+    }
+    path = save_heads(heads, out, card)
+    console.print(f"wrote {path} and {path.parent / 'MODEL_CARD.md'} in {time.monotonic() - started:.0f}s")
+
+
+@eval_app.command("twitter1")
+def eval_twitter1(
+    data: Optional[Path] = typer.Option(None, "--data", help="folder holding twitter1-dev/ (default ../shared/data)"),
+    subset: str = typer.Option("five", help="three|four|five"),
+    folds: int = typer.Option(5),
+    index: Optional[Path] = typer.Option(None, help="retrieval index folder (default: the shipped seed index)"),
+    seed: int = typer.Option(0),
+    epochs: int = typer.Option(40),
+    regions: bool = typer.Option(True, help="evaluate the AR fusion rows (needs region proposals; slow the first time)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
+) -> None:
+    """Stratified k-fold accuracy on Twitter I with MIRA's ablations and the AR fusion variants."""
+    from pipelines.evaluate import cross_validate, summarise
+    from pipelines.train import TrainConfig
+
+    settings = Settings()
+    cache, db, _, _ = _load_inputs(data, subset, index, settings, regions)
+    console.print(f"{subset}-agree: {len(cache.names)} images, {int(cache.labels.sum())} positive; "
+                  f"index {db.version} ({len(db)} sentences); {folds} folds")
+    results = cross_validate(cache, db, TrainConfig(seed=seed, epochs=epochs), folds, progress=console.log)
+    table_data = summarise(results)
+    table = Table(title=f"Twitter I {subset}-agree, {folds}-fold (seed {seed})")
+    for col in ("model", "accuracy", "± std", "AUC"):
+        table.add_column(col)
+    for row, m in table_data.items():
+        if "accuracy" in m:
+            table.add_row(row, f"{m['accuracy']:.3f}", f"{m['accuracy_std']:.3f}", f"{m['auc']:.3f}")
+    Console().print(table)
+    recall = table_data.get("aligner (held-out image->caption)", {})
+    Console().print("aligned encoder, held-out image->caption " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
+    if json_out:
+        json_out.write_text(json.dumps({"subset": subset, "folds": folds, "seed": seed, "table": table_data}, indent=2))
