@@ -23,7 +23,10 @@ MAX_PIXELS = 1 << 20  # small, so a mutated header can never ask for much memory
 MAX_BYTES = 1 << 20
 FORMATS = "JPEG,PNG,GIF,WEBP,BMP,TIFF"
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin"),
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL.PngImagePlugin"),
+]
 
 FUZZ = settings(
     max_examples=200,
