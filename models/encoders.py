@@ -576,7 +576,8 @@ def contrastive_loss(
     Both inputs ``[B, D]`` should be L2-normalised; logits are cosine similarities / temperature.
     ``group_ids`` (``[B]``, optional) marks rows that belong together (e.g. two captions of the
     same image in one batch): every row of the same group is a positive, with the target mass
-    spread evenly over them, so duplicates are not pushed apart.
+    spread evenly over them, so duplicates are not pushed apart (the loss is then the KL divergence
+    to that target, equal to the cross-entropy when every group has one member).
     """
     if img_emb.shape != txt_emb.shape or img_emb.dim() != 2:
         raise ValueError(f"expected two [B, D] tensors of the same shape, got {tuple(img_emb.shape)} and {tuple(txt_emb.shape)}")
@@ -588,8 +589,11 @@ def contrastive_loss(
     g = group_ids.to(img_emb.device)
     pos = (g[:, None] == g[None, :]).to(logits.dtype)
     target = pos / pos.sum(dim=1, keepdim=True)
-    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t = -(target * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    # KL(target || softmax): the cross-entropy minus the target's own entropy, so 0 at the optimum
+    # (identical to the cross-entropy above when every group has one member).
+    log_target = torch.where(pos > 0, target.log(), torch.zeros_like(target))
+    loss_i = (target * (log_target - F.log_softmax(logits, dim=1))).sum(dim=1).mean()
+    loss_t = (target * (log_target - F.log_softmax(logits.t(), dim=1))).sum(dim=1).mean()
     return 0.5 * (loss_i + loss_t)
 
 

@@ -78,8 +78,8 @@ shame    dropped     self-conscious emotion; no Mikels counterpart
 guilt    dropped     self-conscious emotion; no Mikels counterpart
 =======  ==========  ===================================================================
 
-Cleaning (corpora only; the seed is used as written): ISEAR's line-break marker ``á`` and stray
-escape characters are removed and a ``|`` inside a situation is rejoined; whitespace collapsed;
+Cleaning (corpora only; the seed is used as written): ISEAR's line-break marker ``á`` is removed,
+its backslash-quotes restored and a ``|`` inside a situation rejoined; whitespace collapsed;
 rows with fewer than 3 or more than 80 words are dropped, and ISEAR non-answers ("[ No
 response.]", "I do not remember"); duplicates (case/space-insensitive) are kept once, and a text
 that appears with two different Mikels emotions is dropped entirely.
@@ -288,8 +288,9 @@ def check_corpus_files(corpora: Sequence[str], data_dir: str | Path | None = Non
 
 _WS = re.compile(r"\s+")
 _NON_ANSWER = re.compile(
-    r"no response|not applicable|(do not|don't|dont|can ?not|can't|cannot|could not|couldn't) (remember|recall)"
-    r"|^(nothing|none|blank|never|n/?a)\W*$",
+    r"no response|no answer|not applicable|(does not|doesn't) apply"
+    r"|(do not|don't|dont|can ?not|can't|cannot|could not|couldn't) (remember|recall)"
+    r"|^(same as|as for|see)\b.{0,20}$|^(nothing|none|blank|never|n/?a)\W*$",
     re.IGNORECASE,
 )
 
@@ -338,7 +339,12 @@ def load_goemotions(data_dir: str | Path | None = None, splits: Sequence[str] = 
 
 
 def _clean_isear(text: str) -> str:
-    text = text.replace("á", " ").replace("\\", "")
+    # The export marks line breaks with "á", writes an opening quote as a backslash and a closing
+    # one as backslash + quote, and leaves the field's own closing quote at the end:
+    #   ... speaking \the same language\"- meaning ... encounter."
+    text = text.replace("á", " ").replace('\\"', '"').replace("\\", '"')
+    if text.count('"') % 2 and text.rstrip().endswith('"'):
+        text = text.rstrip()[:-1]
     text = text.replace('""', '"')
     if text.count('"') % 2:
         text = text.replace('"', "")
