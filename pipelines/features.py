@@ -60,8 +60,10 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
-def cache_key(items: Sequence[Twitter1Item], backbone: ImageBackbone, text_encoder: TextEncoder, cfg: RegionSettings) -> str:
-    digest = hashlib.sha256(f"{backbone.name}|{text_encoder.name}|{cfg}|{MAX_REGIONS}".encode())
+def cache_key(items: Sequence[Twitter1Item], backbone: ImageBackbone, text_encoder: TextEncoder,
+              cfg: RegionSettings | None) -> str:
+    regions = f"{cfg}|{MAX_REGIONS}" if cfg is not None else "no-regions"
+    digest = hashlib.sha256(f"{backbone.name}|{text_encoder.name}|{regions}".encode())
     for item in items:
         digest.update(item.name.encode())
     return digest.hexdigest()[:12]
@@ -124,8 +126,7 @@ def cached_features(
     cfg: RegionSettings = RegionSettings(), progress: bool = True, regions: bool = True,
 ) -> FeatureCache:
     """Load or build the cache; `regions=False` skips the (slow) proposals, leaving no region candidates."""
-    key = cache_key(items, backbone, text_encoder, cfg)
-    path = Path(cache_dir) / f"twitter1-{key}{'' if regions else '-global'}.npz"
+    path = Path(cache_dir) / f"twitter1-{cache_key(items, backbone, text_encoder, cfg if regions else None)}.npz"
     if path.is_file():
         return FeatureCache.load(path)
     cache = build_cache(items, backbone, text_encoder, cfg, progress=progress, regions=regions)

@@ -18,7 +18,7 @@ from models.regions import filter_proposals, propose_boxes, representative_boxes
 
 @dataclass(frozen=True)
 class RegionSettings:
-    proposal_max_side: int = 300
+    proposal_max_side: int = 200  # 300 px costs ~2x (0.7 s vs 0.36 s per image on this machine, quiet)
     max_proposals: int = 300
     clusters: int = 50
     min_area: float = 800.0

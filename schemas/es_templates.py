@@ -7,7 +7,7 @@ import typing
 from datetime import datetime
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, NaiveDatetime
 
 from schemas.results import AlertV1, AnalysisResultV1
 
@@ -42,6 +42,8 @@ def field_mapping(name: str, annotation: Any) -> dict[str, Any]:
     if origin is Literal:
         values = get_args(annotation)
         return field_mapping(name, type(values[0]))
+    if annotation in (AwareDatetime, NaiveDatetime):
+        return {"type": "date"}
     if isinstance(annotation, type):
         if issubclass(annotation, BaseModel):
             return {"type": "object", "dynamic": "strict", "properties": model_properties(annotation)}

@@ -23,7 +23,7 @@ class ImageRef(StrictModel):
     """Exactly one of url, b64 (base64 bytes) or path."""
 
     url: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
-    b64: str | None = None
+    b64: Annotated[str, StringConstraints(min_length=1, max_length=16_000_000)] | None = None
     path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
 
     @model_validator(mode="after")
@@ -46,7 +46,9 @@ class ImageRef(StrictModel):
         """A short, loggable reference (never the bytes)."""
         if self.b64 is not None:
             return f"b64:{len(self.b64)}chars"
-        return self.url if self.url is not None else f"file:{self.path}"
+        if self.url is not None:
+            return self.url.split("?", 1)[0].split("#", 1)[0]  # signed query strings stay out of logs and docs
+        return f"file:{self.path}"
 
 
 class PostV1(StrictModel):
@@ -89,7 +91,7 @@ def parse_post(raw: bytes | str | None) -> PostV1:
     if not isinstance(data, dict):
         raise MalformedPost(f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
-    if version not in SUPPORTED_POST_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_POST_VERSIONS:
         raise UnknownSchemaVersion(
             f"schema_version {version!r} is not supported (supported: {list(SUPPORTED_POST_VERSIONS)})"
         )

@@ -22,6 +22,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from pipelines.analyzer_api import AnalysisFailed, Analyzer, BackendUnavailable
 from schemas.posts import PostError, PostV1, parse_post
 from schemas.results import AnalysisResultV1, StageTimings
+from workers.es_sink import StoreRejected, StoreUnavailable
 from workers.logs import get_logger
 from workers.metrics import WorkerMetrics
 from workers.settings import Settings
@@ -193,7 +194,7 @@ class AnalyzerWorker:
         with self._stage("analyze", report):
             results = self._analyze(accepted, rejected)
         with self._stage("store", report):
-            self._retry_until_done("store", lambda: self.store.write(results), self.metrics.store_errors)
+            results = self._store(results, accepted, rejected)
         with self._stage("produce", report):
             self._retry_until_done("produce", lambda: self._produce(results, rejected), self.metrics.producer_errors)
         with self._stage("commit", report):
@@ -267,6 +268,20 @@ class AnalyzerWorker:
             )
         return results
 
+    def _store(self, results: list[AnalysisResultV1], accepted: list[Accepted], rejected: list[Rejected]):
+        """Write the batch (last one wins for a post_id repeated in the batch); dead-letter refused documents."""
+        unique = list({r.post_id: r for r in results}.values())
+        try:
+            self._retry_until_done("store", lambda: self.store.write(unique), self.metrics.store_errors)
+        except StoreRejected as exc:
+            refused = set(exc.ids)
+            for item in accepted:
+                if item.post.post_id in refused:
+                    rejected.append(Rejected(item.record, StoreRejected({item.post.post_id: exc.reasons[item.post.post_id]},
+                                                                        index=exc.index), "store"))
+            results = [r for r in results if r.post_id not in refused]
+        return results
+
     def _analyze_isolating(self, images: list[np.ndarray]) -> list[Any]:
         """Analyse the batch; if one input breaks it, analyse one by one so only that input is rejected."""
         try:
@@ -329,7 +344,7 @@ class AnalyzerWorker:
             while True:
                 try:
                     return fn()
-                except (BackendUnavailable, KafkaError, ConnectionError, TimeoutError, OSError) as exc:
+                except (BackendUnavailable, StoreUnavailable, KafkaError, ConnectionError, TimeoutError, OSError) as exc:
                     errors_metric.inc()
                     if not self._is_transient(stage, exc):
                         raise

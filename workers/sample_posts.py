@@ -33,6 +33,19 @@ def photo_bytes(name: str) -> bytes:
     return resources.files("skimage.data").joinpath(name).read_bytes()
 
 
+def photo_jpeg(name: str, quality: int = 88) -> bytes:
+    """The photo re-encoded as a JPEG, the size a social post would carry (animated GIFs kept as they are)."""
+    raw = photo_bytes(name)
+    if name.endswith(".gif"):
+        return raw
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as im:
+        out = io.BytesIO()
+        im.convert("RGB").save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+
+
 def post_json(post_id: str, *, channel: str, image: dict, created_at: datetime, text: str | None = None,
               author_id: str = "demo-author", version: int = 1) -> bytes:
     body = {
@@ -54,7 +67,7 @@ def sample_posts(count: int = 24, start: datetime | None = None) -> Iterator[tup
     for i in range(count):
         name = SAMPLE_PHOTOS[i % len(SAMPLE_PHOTOS)]
         post_id = f"demo-{i:04d}"
-        image = {"b64": base64.b64encode(photo_bytes(name)).decode()}
+        image = {"b64": base64.b64encode(photo_jpeg(name)).decode()}
         yield post_id, post_json(
             post_id,
             channel=CHANNELS[i % len(CHANNELS)],
@@ -85,7 +98,7 @@ def poison_posts(start: datetime | None = None) -> list[tuple[str, str, bytes]]:
         ("bad JSON", "poison-json", b"{this is not json"),
         ("missing fields", "poison-missing", json.dumps({"schema_version": 1, "post_id": "poison-missing"}).encode()),
         ("unknown schema version", "poison-version",
-         post_json("poison-version", channel="news", image=b64(photo_bytes("coffee.png")), created_at=start, version=99)),
+         post_json("poison-version", channel="news", image=b64(photo_jpeg("coffee.png")), created_at=start, version=99)),
         ("non-image bytes", "poison-bytes",
          post_json("poison-bytes", channel="news", image=b64(b"<html><body>not an image</body></html>"), created_at=start)),
         ("decompression bomb", "poison-bomb",

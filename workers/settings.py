@@ -49,10 +49,10 @@ class Settings(BaseSettings):
     store_retry_max_s: float = Field(600.0, description="give up retrying a failing store write after this long")
 
     # Images
-    image_max_bytes: int = 10 * 1024 * 1024
-    image_max_pixels: int = 40_000_000
-    image_fetch_timeout_s: float = 5.0
-    image_formats: str = "JPEG,PNG,GIF,WEBP,BMP,TIFF"
+    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    image_max_pixels: int = Field(40_000_000, ge=1)
+    image_fetch_timeout_s: float = Field(5.0, gt=0, le=60)
+    image_formats: str = Field("JPEG,PNG,GIF,WEBP,BMP", description="decoders allowed (TIFF is off: large attack surface)")
     image_allowed_hosts: str = Field("*", description="comma-separated host allowlist for image URLs; * = any public host")
     image_allow_private_addresses: bool = Field(False, description="tests only: allow loopback/private URL targets")
     image_local_root: Path | None = Field(None, description="if set, image.path must lie under this folder; unset = local paths refused")

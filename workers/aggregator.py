@@ -1,0 +1,416 @@
+"""The aggregator: a faust-streaming app over ``post-sentiment`` -> windowed mood state -> alerts.
+
+Run it with ``faust -A workers.aggregator worker -l warning`` (settings from MOODWATCH_* env) or
+``run_aggregator(settings)`` (``moodwatch aggregator``).
+
+Topology (one faust app, consumer group = ``aggregator_app_id``)::
+
+    post-sentiment (key post_id)  --agent by_channel-->  <app>-by-channel (key channel, internal)
+    <app>-by-channel  --agent aggregate-->  table "state" (changelog <app>-state-changelog)
+                                         -> alerts (key alert_id)
+    alerts  --agent deliver-->  Elasticsearch alerts index (_id = alert_id) + webhook
+
+``by_channel`` repartitions by channel (the results topic is keyed by post_id), so one worker owns
+all of a channel's windows and the table's changelog partition is the stream's partition. Records
+that fail to decode are counted and skipped (a value that crashes an agent would crash it again
+after every restart). The window/detection logic is ``workers.spikes.MoodAggregator`` over the
+faust table; a step's state writes are applied only after its alerts are acknowledged by the
+broker, so a crash re-raises an alert (same ``alert_id``) rather than losing it.
+
+The tansu trap, and what is fixed here: tansu 0.6 answers ListOffsets(latest) with the base offset
+of the partition's last record batch + 1 instead of the last offset + 1 (a fetch response's high
+watermark is right). faust's table recovery reads each changelog partition up to
+``end_offsets() - 1`` and then declares the table recovered: records after the first one of the
+last batch stay in faust's recovery buffer and are never applied, so a restarted worker lost the
+newest state changes (up to a whole producer batch; "one record short" with a batch of two) and
+e.g. raised the same alert again. ``_VerifiedEndConsumerThread`` replaces faust's end offsets by
+reading each partition's tail from the reported end - 1 to the real end before recovery starts
+(on real Kafka that read returns one record and changes nothing). See ``verified_end_offsets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.results import AnalysisResultV1
+from workers.aggregator_settings import AggregatorSettings
+from workers.alerts_out import AlertOutputMetrics, AlertOutputs, alert_record, parse_alert
+from workers.logs import configure_logging, get_logger
+from workers.spikes import MoodAggregator, Observation
+
+log = get_logger("moodwatch.aggregator")
+
+__all__ = ["AggregatorApp", "AggregatorMetrics", "app", "create_app", "run_aggregator", "verified_end_offsets"]
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AggregatorMetrics:
+    registry: CollectorRegistry
+    records: Counter
+    observations: Counter
+    alerts: Counter
+    step_duration: Histogram
+    end_offset_corrections: Counter
+    watermark: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> "AggregatorMetrics":
+        registry = registry if registry is not None else CollectorRegistry()
+        return cls(
+            registry=registry,
+            records=Counter(
+                "moodwatch_aggregator_records",
+                "Records read by the aggregator by topic role (results, by_channel) and outcome (ok, invalid)",
+                ["source", "outcome"],
+                registry=registry,
+            ),
+            observations=Counter(
+                "moodwatch_aggregator_observations",
+                "Posts applied to windows by status (accepted, duplicate, late)",
+                ["status"],
+                registry=registry,
+            ),
+            alerts=Counter("moodwatch_alerts_raised", "Alerts raised by kind", ["kind"], registry=registry),
+            step_duration=Histogram(
+                "moodwatch_aggregator_step_seconds",
+                "Time to apply one post to the windows and run detection",
+                buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+                registry=registry,
+            ),
+            end_offset_corrections=Counter(
+                "moodwatch_aggregator_end_offset_corrections",
+                "Changelog partitions whose broker-reported end offset was short and was corrected before recovery",
+                registry=registry,
+            ),
+            watermark=Gauge(
+                "moodwatch_aggregator_event_time_seconds",
+                "Newest event time (created_at, epoch seconds) applied by this worker",
+                registry=registry,
+            ),
+        )
+
+
+# --- the end-offset fix -----------------------------------------------------------------------
+
+
+async def verified_end_offsets(
+    reported: Mapping[Any, int | None],
+    make_consumer: Callable[[], Any],
+    *,
+    timeout_s: float = 10.0,
+    on_correction: Callable[[Any, int, int], None] | None = None,
+) -> dict[Any, int | None]:
+    """The real end offset (last offset + 1) of each partition, whatever ListOffsets said.
+
+    Reads every non-empty partition from ``reported - 1`` with a group-less aiokafka consumer
+    until its position reaches the fetch response's high watermark; returns the max of the
+    reported end, the last offset read + 1 and that high watermark. On a correct broker this
+    reads one record per partition. ``make_consumer`` returns an unstarted AIOKafkaConsumer.
+    """
+    result: dict[Any, int | None] = dict(reported)
+    todo = {tp: end for tp, end in reported.items() if end}
+    if not todo:
+        return result
+    consumer = make_consumer()
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        for tp, end in todo.items():
+            consumer.seek(tp, max(0, end - 1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        pending = set(todo)
+        while pending and loop.time() < deadline:
+            batches = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, messages in batches.items():
+                if messages:
+                    result[tp] = max(result[tp] or 0, messages[-1].offset + 1)
+            for tp in list(pending):
+                hw = consumer.highwater(tp)
+                if hw is None:
+                    continue
+                result[tp] = max(result[tp] or 0, hw)
+                if await consumer.position(tp) >= result[tp]:
+                    pending.discard(tp)
+        if pending:
+            log.warning("end_offset_probe_timeout", partitions=sorted(str(tp) for tp in pending))
+    finally:
+        await consumer.stop()
+    for tp, end in todo.items():
+        if (result[tp] or 0) > end:
+            log.info("end_offset_corrected", topic=tp.topic, partition=tp.partition, reported=end, actual=result[tp])
+            if on_correction:
+                on_correction(tp, end, result[tp])
+    return result
+
+
+class _VerifiedEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread whose ``highwaters`` (used by table recovery) are verified."""
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        app = self.app
+        settings: AggregatorSettings = app.moodwatch_settings  # type: ignore[attr-defined]
+        metrics: AggregatorMetrics | None = getattr(app, "moodwatch_metrics", None)
+
+        def make_consumer():
+            import aiokafka
+
+            conf = app.conf
+            auth = faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
+            return aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=faust_aiokafka.server_list(self.transport.url, self.transport.default_port),
+                group_id=None,
+                enable_auto_commit=False,
+                client_id=f"{conf.broker_client_id}-end-probe",
+                isolation_level="read_uncommitted",
+                **auth,
+            )
+
+        def corrected(tp, was, now):
+            if metrics:
+                metrics.end_offset_corrections.inc()
+
+        return await verified_end_offsets(
+            reported,
+            make_consumer,
+            timeout_s=settings.aggregator_end_offset_probe_timeout_s,
+            on_correction=corrected,
+        )  # type: ignore[return-value]
+
+
+class _VerifiedEndConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _VerifiedEndConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _VerifiedEndTransport(faust_aiokafka.Transport):
+    Consumer = _VerifiedEndConsumer
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+
+class AggregatorApp(faust.App):
+    """faust.App that knows its settings, creates the external topics first and (by default)
+    verifies changelog end offsets before table recovery."""
+
+    def __init__(self, settings: AggregatorSettings, metrics: AggregatorMetrics, **kwargs: Any) -> None:
+        self.moodwatch_settings = settings
+        self.moodwatch_metrics = metrics
+        super().__init__(**kwargs)
+
+    def _new_transport(self):
+        if self.moodwatch_settings.aggregator_verify_end_offsets:
+            return _VerifiedEndTransport(self.conf.broker_consumer, self)
+        return super()._new_transport()
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        from workers.kafka_io import ensure_topics
+
+        s = self.moodwatch_settings
+        # Brokers that auto-create would pick their own partition count: create what we read first.
+        await asyncio.to_thread(
+            ensure_topics, s, [s.results_topic, s.alerts_topic], partitions=s.aggregator_partitions,
+            replication=s.aggregator_replication,
+        )  # fmt: skip
+
+
+def _broker_urls(settings: AggregatorSettings) -> list[str]:
+    return [f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",") if h.strip()]
+
+
+def _credentials(settings: AggregatorSettings) -> Any:
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if proto in ("SSL", "SASL_SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if proto == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password,
+        mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+        ssl_context=ssl_context,
+    )
+
+
+def decode_result(raw: bytes | None) -> Observation:
+    """A post-sentiment value -> Observation; raises ValueError on anything invalid."""
+    if raw is None:
+        raise ValueError("tombstone")
+    return Observation.from_result(AnalysisResultV1.model_validate_json(raw))
+
+
+def create_app(settings: AggregatorSettings | None = None, *, metrics: AggregatorMetrics | None = None) -> AggregatorApp:
+    """Build the faust app (agents, table, topics). Connects to nothing until the worker starts."""
+    settings = settings or AggregatorSettings()
+    metrics = metrics or AggregatorMetrics.create()
+    cfg = settings.detector_config()
+    partitions = settings.aggregator_partitions
+    session_timeout = settings.kafka_session_timeout_ms / 1000
+    app = AggregatorApp(
+        settings,
+        metrics,
+        id=settings.aggregator_app_id,
+        broker=_broker_urls(settings),
+        broker_credentials=_credentials(settings),
+        store=settings.aggregator_store,
+        datadir=str(settings.aggregator_data_dir),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.aggregator_replication,
+        topic_allow_declare=True,
+        broker_session_timeout=session_timeout,
+        broker_heartbeat_interval=max(1.0, session_timeout / 3),
+        broker_commit_interval=settings.aggregator_commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        web_bind="127.0.0.1",
+        table_standby_replicas=0,
+        autodiscover=False,
+    )
+
+    results_topic = app.topic(settings.results_topic, key_serializer="raw", value_serializer="raw")
+    by_channel = app.topic(
+        f"{settings.aggregator_app_id}-by-channel",
+        partitions=partitions,
+        replicas=settings.aggregator_replication,
+        internal=True,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    alerts_topic = app.topic(settings.alerts_topic, key_serializer="raw", value_serializer="raw")
+    state = app.Table(
+        "state",
+        default=None,
+        partitions=partitions,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        help="windows, dedup sets and detector state per channel (see workers.spikes.MoodAggregator)",
+    )
+    app.moodwatch_state = state  # type: ignore[attr-defined]
+    aggregator = MoodAggregator(state, cfg)  # type: ignore[arg-type]
+    app.moodwatch_aggregator = aggregator  # type: ignore[attr-defined]
+
+    @app.agent(results_topic, name="by_channel")
+    async def by_channel_agent(stream):
+        async for raw in stream:
+            try:
+                obs = decode_result(raw)
+            except Exception as exc:  # never let a bad record crash the agent (restart loop)
+                metrics.records.labels(source="results", outcome="invalid").inc()
+                log.warning("result_invalid", error=str(exc)[:300])
+                continue
+            metrics.records.labels(source="results", outcome="ok").inc()
+            await by_channel.send(key=obs.channel.encode(), value=json.dumps(obs.to_dict()).encode(), force=True)
+
+    newest = [0.0]
+
+    @app.agent(by_channel, name="aggregate")
+    async def aggregate_agent(stream):
+        async for raw in stream:
+            try:
+                obs = Observation.from_dict(json.loads(raw))
+            except Exception as exc:
+                metrics.records.labels(source="by_channel", outcome="invalid").inc()
+                log.warning("observation_invalid", error=str(exc)[:300])
+                continue
+            t0 = time.perf_counter()
+            result = aggregator.process(obs)
+            for alert in result.alerts:
+                key, value, headers = alert_record(alert)
+                fut = await alerts_topic.send(key=key, value=value, headers=headers, force=True)
+                await fut  # the broker has the alert before any state of this step is written
+                metrics.alerts.labels(kind=alert.kind).inc()
+                log.warning(
+                    "alert_raised", alert_id=alert.alert_id, channel=alert.channel, kind=alert.kind,
+                    window_start=alert.window_start.isoformat(), p_value=alert.p_value, message=alert.message,
+                )  # fmt: skip
+            aggregator.apply(result)
+            metrics.observations.labels(status=result.status).inc()
+            metrics.step_duration.observe(time.perf_counter() - t0)
+            if result.status == "accepted" and obs.ts > newest[0]:
+                newest[0] = obs.ts
+                metrics.watermark.set(obs.ts)
+
+    outputs_holder: dict[str, AlertOutputs] = {}
+
+    @app.agent(alerts_topic, name="deliver")
+    async def deliver_agent(stream):
+        async for raw in stream:
+            try:
+                alert = parse_alert(raw)
+            except Exception as exc:
+                metrics.records.labels(source="alerts", outcome="invalid").inc()
+                log.warning("alert_record_invalid", error=str(exc)[:300])
+                continue
+            outputs = outputs_holder.get("o")
+            if outputs is None:
+                outputs = outputs_holder["o"] = await asyncio.to_thread(
+                    AlertOutputs, settings, metrics=AlertOutputMetrics.create(metrics.registry)
+                )
+            await asyncio.to_thread(outputs.deliver, alert)
+
+    health_holder: dict[str, Any] = {}
+
+    @app.task
+    async def start_health() -> None:
+        if not settings.aggregator_metrics_port:
+            return
+        from workers.health import HealthState, serve_health, tcp_check
+
+        state_ = HealthState(stale_after_s=60)
+        state_.add_check("kafka", tcp_check(settings.kafka_bootstrap))
+        if settings.alerts_to_elasticsearch:
+            from workers.es_sink import make_es_client, ping
+
+            es = make_es_client(settings)
+            state_.add_check("elasticsearch", lambda: ping(es))
+        health_holder["state"] = state_
+        health_holder["server"] = serve_health(
+            state_, settings.metrics_host, settings.aggregator_metrics_port, metrics.registry
+        )
+
+    @app.timer(interval=5.0)
+    async def heartbeat() -> None:
+        state_ = health_holder.get("state")
+        if state_ is not None:
+            state_.tick()
+
+    return app
+
+
+def run_aggregator(settings: AggregatorSettings | None = None) -> None:
+    """Run the aggregator worker in this process until SIGINT/SIGTERM (``moodwatch aggregator``)."""
+    settings = settings or AggregatorSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    worker_app = create_app(settings)
+    worker = faust.Worker(worker_app, loglevel=settings.aggregator_log_level, quiet=True)
+    worker.execute_from_commandline()
+
+
+# `faust -A workers.aggregator worker` imports this module and uses `app`.
+app = create_app()

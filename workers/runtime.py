@@ -1,0 +1,61 @@
+"""Wiring: build a real AnalyzerWorker from settings (Kafka, Elasticsearch, images, backend, health)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.analyzer import AnalyzerWorker
+from workers.backends import build_analyzer
+from workers.es_sink import ResultSink, install_templates, make_es_client, ping
+from workers.health import HealthState, serve_health, tcp_check
+from workers.images import ImageLoader
+from workers.kafka_io import ensure_topics, make_consumer, make_producer
+from workers.logs import get_logger
+from workers.metrics import WorkerMetrics
+from workers.settings import Settings
+
+log = get_logger("moodwatch.runtime")
+
+# The worker's own retry loop (which keeps the consumer-group membership alive) handles long
+# outages; the sink only rides out short blips itself.
+SINK_RETRY_S = 10.0
+
+
+def build_worker(settings: Settings, *, analyzer: Any = None, metrics: WorkerMetrics | None = None,
+                 health: HealthState | None = None, create_topics: bool = True) -> AnalyzerWorker:
+    es = make_es_client(settings)
+    install_templates(es, settings)
+    if create_topics:
+        ensure_topics(settings, [settings.posts_topic, settings.results_topic, settings.dlq_topic])
+    analyzer = analyzer if analyzer is not None else build_analyzer(settings)
+    metrics = metrics or WorkerMetrics.create()
+    if health is not None:
+        health.add_check("kafka", tcp_check(settings.kafka_bootstrap))
+        health.add_check("elasticsearch", lambda: ping(es))
+        health.add_check("model_backend", analyzer.ready)
+    return AnalyzerWorker(
+        settings,
+        consumer=make_consumer(settings),
+        producer=make_producer(settings),
+        analyzer=analyzer,
+        images=ImageLoader(settings),
+        store=ResultSink(es, settings, retry_max_s=min(SINK_RETRY_S, settings.store_retry_max_s)),
+        metrics=metrics,
+        on_tick=health.tick if health is not None else (lambda: None),
+    )
+
+
+def run_worker(settings: Settings, *, idle_exit_s: float | None = None) -> int:
+    health = HealthState()
+    server = None
+    if settings.metrics_port:
+        server = serve_health(health, settings.metrics_host, settings.metrics_port)
+        log.info("health and metrics endpoint", url=server.url)
+    worker = build_worker(settings, health=health)
+    worker.install_signal_handlers()
+    try:
+        worker.run(idle_exit_s=idle_exit_s)
+    finally:
+        if server is not None:
+            server.shutdown()
+    return 0
