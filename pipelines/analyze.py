@@ -4,6 +4,11 @@ Per batch: one backbone pass (feature maps + pooled vectors) -> aligned embeddin
 sentences (their text features are precomputed in the index) -> MIRA polarity and the EW-MTCNN
 emotion distribution, all batched; per image: region proposals (thread pool, OpenCV releases the
 GIL) -> RoI features from the same feature map -> region scores -> AR top-K -> sum fusion.
+
+The stages are module functions (``retrieval_stage``, ``heads_stage``, ``region_distributions``)
+and the step from stage outputs to an ``ImageAnalysis`` is ``compose_analysis``, so that every
+backend -- ``LocalAnalyzer`` here, the Triton models in triton_repo/ and the Triton client in
+workers/triton_backend.py -- computes the same numbers with the same code.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +27,7 @@ from models.moodnet import POLARITY_CLASSES, MoodHeads, calibrate_emotions
 from models.regions import ar_score, fuse_sum, senti_score, top_k_regions
 from pipelines.checkpoints import heads_version
 from pipelines.regions import RegionCandidates, RegionSettings, candidate_features, region_candidates
-from pipelines.retrieval import SentenceDatabase
+from pipelines.retrieval import Retrieval, Sentence, SentenceDatabase
 from schemas.emotions import MIKELS_EMOTIONS
 from schemas.results import EmotionDistribution, Evidence, ImageAnalysis, ModelVersions, PolarityProbs, Region
 
@@ -50,6 +55,122 @@ class GlobalOutputs:
     retrieval_ids: np.ndarray  # [B, k]
 
 
+# -- stages (shared by LocalAnalyzer and the Triton python-backend models) ---------------------------
+
+
+def retrieval_stage(heads: MoodHeads, database: SentenceDatabase, pooled: torch.Tensor, k: int) -> Retrieval:
+    """Pooled backbone features [B, C] -> aligned embedding -> FAISS top-k (scores, ids, stored text features)."""
+    query = heads.embed(pooled)
+    return database.retrieve(query.cpu().numpy(), k=k)
+
+
+def heads_stage(
+    heads: MoodHeads, feat_map: torch.Tensor, pooled: torch.Tensor, text_feats: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MIRA polarity [B, 2] (text features attend over the feature map) and the emotion distribution [B, 8]."""
+    polarity, _ = heads.polarity(text_feats, feat_map)
+    emotions = heads.emotions(pooled)
+    return polarity, emotions
+
+
+def region_distributions(
+    heads: MoodHeads, geometry: Any, feat_map: torch.Tensor, candidates: RegionCandidates | None, width: int, height: int
+) -> torch.Tensor:
+    """Emotion distribution [R, 8] of every region candidate of one image (feature map [1, C, h, w]).
+
+    ``geometry`` maps original-image boxes onto the feature map (an ``ImageBackbone``, or anything
+    with its ``to_feature_coords``).
+    """
+    if candidates is None or len(candidates.boxes) == 0:
+        return feat_map.new_zeros((0, len(MIKELS_EMOTIONS)))
+    feats = candidate_features(geometry, feat_map, candidates, width, height)
+    return heads.score_regions(feats)  # [R, 8]
+
+
+# -- composition: stage outputs -> ImageAnalysis (shared by every backend) -----------------------------
+
+
+def select_regions(
+    dists: torch.Tensor, candidates: RegionCandidates | None, width: int, height: int, options: AnalyzerOptions
+) -> tuple[list[Region], torch.Tensor]:
+    """Senti + AR scores of the candidates, the top-K as ``Region``s, and the top-K distributions."""
+    empty = dists.new_zeros((0, len(MIKELS_EMOTIONS)))
+    if candidates is None or len(candidates.boxes) == 0 or dists.shape[0] == 0:
+        return [], empty
+    senti = senti_score(dists)
+    objectness = torch.as_tensor(candidates.objectness, dtype=dists.dtype)
+    scores = ar_score(objectness, senti, alpha=options.region_alpha)
+    top = top_k_regions(scores, k=options.regions_top_k)
+    regions = []
+    for j in (int(t) for t in top):
+        x0, y0, x1, y1 = candidates.boxes[j]
+        x0, y0 = int(np.floor(max(0.0, x0))), int(np.floor(max(0.0, y0)))
+        x1, y1 = int(np.ceil(min(width, x1))), int(np.ceil(min(height, y1)))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        pos, neg = polarity_from_emotions(dists[j]).tolist()
+        regions.append(
+            Region(
+                x0=x0, y0=y0, x1=x1, y1=y1,
+                score=_unit(scores[j]), objectness=_unit(objectness[j]), senti=_unit(senti[j]),
+                dominant_emotion=MIKELS_EMOTIONS[int(dists[j].argmax())],
+                polarity="positive" if pos >= neg else "negative",
+            )
+        )
+    return regions, dists[torch.as_tensor(top, dtype=torch.long)]
+
+
+def compose_analysis(
+    polarity: torch.Tensor,
+    emotions: torch.Tensor,
+    region_dists: torch.Tensor | None,
+    candidates: RegionCandidates | None,
+    evidence: Sequence[Sentence],
+    evidence_scores: Sequence[float] | np.ndarray,
+    width: int,
+    height: int,
+    options: AnalyzerOptions,
+) -> ImageAnalysis:
+    """One image's stage outputs -> ImageAnalysis.
+
+    ``polarity`` [2] global MIRA probabilities, ``emotions`` [8], ``region_dists`` [R, 8] for the
+    R candidates (None or empty: no regions), ``evidence`` the k retrieved sentences with their
+    cosine ``evidence_scores``; width/height of the original image.
+    """
+    if region_dists is None:
+        region_dists = polarity.new_zeros((0, len(MIKELS_EMOTIONS)))
+    regions, top_dists = select_regions(region_dists, candidates, width, height, options)
+    fused = fuse_sum(polarity, polarity_from_emotions(top_dists), beta=options.region_beta)
+    calibrated = calibrate_emotions(emotions, fused)
+    pos, neg = (float(v) for v in fused / fused.sum())
+    dist = EmotionDistribution.from_sequence([_unit(v) for v in calibrated / calibrated.sum()])
+    return ImageAnalysis(
+        polarity=POLARITY_CLASSES[0] if pos >= neg else POLARITY_CLASSES[1],
+        polarity_probs=PolarityProbs(positive=_unit(pos), negative=_unit(neg)),
+        emotions=dist,
+        dominant_emotion=dist.dominant(),
+        regions=regions,
+        evidence=[
+            Evidence(text=s.text, emotion=s.emotion, similarity=float(sc), source=s.source)
+            for s, sc in zip(evidence, evidence_scores)
+        ],
+        image_width=width,
+        image_height=height,
+    )
+
+
+def analyzer_versions(backend: str, image_encoder: str, heads: MoodHeads, database: SentenceDatabase) -> ModelVersions:
+    """The versions recorded with every result (the same strings for every backend)."""
+    return ModelVersions(
+        analyzer=ANALYZER_VERSION,
+        backend=backend,  # type: ignore[arg-type]
+        image_encoder=image_encoder,
+        text_encoder=str(database.manifest().get("text_encoder", "unknown")),
+        heads=heads_version(heads),
+        index=database.version,
+    )
+
+
 class LocalAnalyzer:
     """In-process torch backend of the Analyzer interface (pipelines.analyzer_api.Analyzer)."""
 
@@ -64,14 +185,7 @@ class LocalAnalyzer:
         self.heads = heads.eval()
         self.database = database
         self.options = options
-        self.versions = ModelVersions(
-            analyzer=ANALYZER_VERSION,
-            backend="local",
-            image_encoder=backbone.name,
-            text_encoder=str(database.manifest().get("text_encoder", "unknown")),
-            heads=heads_version(heads),
-            index=database.version,
-        )
+        self.versions = analyzer_versions("local", backbone.name, heads, database)
         self._pool = ThreadPoolExecutor(options.proposal_threads, thread_name_prefix="proposals")
 
     # -- Analyzer interface ------------------------------------------------------------------------
@@ -88,14 +202,17 @@ class LocalAnalyzer:
             pixels = self.backbone.preprocess(list(images))
             feat_map, pooled = self.backbone(pixels)
             outputs = self.global_outputs(feat_map, pooled)
+            evidence = self.database.sentences_for(outputs.retrieval_ids)
             results = []
             for i, image in enumerate(images):
                 height, width = image.shape[:2]
-                regions, region_dists = self._regions(feat_map[i : i + 1], candidates[i], width, height)
-                polarity = fuse_sum(
-                    outputs.polarity[i], polarity_from_emotions(region_dists), beta=self.options.region_beta
+                dists = region_distributions(self.heads, self.backbone, feat_map[i : i + 1], candidates[i], width, height)
+                results.append(
+                    compose_analysis(
+                        outputs.polarity[i], outputs.emotions[i], dists, candidates[i],
+                        evidence[i], outputs.retrieval_scores[i], width, height, self.options,
+                    )
                 )
-                results.append(self._result(i, outputs, polarity, regions, width, height))
         return results
 
     def ready(self) -> bool:
@@ -107,64 +224,10 @@ class LocalAnalyzer:
     # -- stages ------------------------------------------------------------------------------------
 
     def global_outputs(self, feat_map: torch.Tensor, pooled: torch.Tensor) -> GlobalOutputs:
-        query = self.heads.embed(pooled)
-        retrieval = self.database.retrieve(query.cpu().numpy(), k=self.options.retrieval_k)
+        retrieval = retrieval_stage(self.heads, self.database, pooled, self.options.retrieval_k)
         text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
-        polarity, _ = self.heads.polarity(text_feats, feat_map)
-        emotions = self.heads.emotions(pooled)
+        polarity, emotions = heads_stage(self.heads, feat_map, pooled, text_feats)
         return GlobalOutputs(polarity, emotions, retrieval.scores, retrieval.ids)
-
-    def _regions(
-        self, feat_map: torch.Tensor, candidates: RegionCandidates | None, width: int, height: int
-    ) -> tuple[list[Region], torch.Tensor]:
-        empty = feat_map.new_zeros((0, len(MIKELS_EMOTIONS)))
-        if candidates is None or len(candidates.boxes) == 0:
-            return [], empty
-        feats = candidate_features(self.backbone, feat_map, candidates, width, height)
-        dists = self.heads.score_regions(feats)  # [R, 8]
-        senti = senti_score(dists)
-        objectness = torch.as_tensor(candidates.objectness, dtype=dists.dtype)
-        scores = ar_score(objectness, senti, alpha=self.options.region_alpha)
-        top = top_k_regions(scores, k=self.options.regions_top_k)
-        regions = []
-        for j in (int(t) for t in top):
-            x0, y0, x1, y1 = candidates.boxes[j]
-            x0, y0 = int(np.floor(max(0.0, x0))), int(np.floor(max(0.0, y0)))
-            x1, y1 = int(np.ceil(min(width, x1))), int(np.ceil(min(height, y1)))
-            if x1 <= x0 or y1 <= y0:
-                continue
-            pos, neg = polarity_from_emotions(dists[j]).tolist()
-            regions.append(
-                Region(
-                    x0=x0, y0=y0, x1=x1, y1=y1,
-                    score=_unit(scores[j]), objectness=_unit(objectness[j]), senti=_unit(senti[j]),
-                    dominant_emotion=MIKELS_EMOTIONS[int(dists[j].argmax())],
-                    polarity="positive" if pos >= neg else "negative",
-                )
-            )
-        return regions, dists[torch.as_tensor(top, dtype=torch.long)]
-
-    def _result(
-        self, i: int, outputs: GlobalOutputs, polarity: torch.Tensor, regions: list[Region], width: int, height: int
-    ) -> ImageAnalysis:
-        emotions = calibrate_emotions(outputs.emotions[i], polarity)
-        pos, neg = (float(v) for v in polarity / polarity.sum())
-        dist = EmotionDistribution.from_sequence([_unit(v) for v in emotions / emotions.sum()])
-        ids, scores = outputs.retrieval_ids[i], outputs.retrieval_scores[i]
-        evidence = [
-            Evidence(text=s.text, emotion=s.emotion, similarity=float(sc), source=s.source)
-            for s, sc in zip(self.database.sentences_for(ids[None])[0], scores)
-        ]
-        return ImageAnalysis(
-            polarity=POLARITY_CLASSES[0] if pos >= neg else POLARITY_CLASSES[1],
-            polarity_probs=PolarityProbs(positive=_unit(pos), negative=_unit(neg)),
-            emotions=dist,
-            dominant_emotion=dist.dominant(),
-            regions=regions,
-            evidence=evidence,
-            image_width=width,
-            image_height=height,
-        )
 
 
 def _unit(value) -> float:
