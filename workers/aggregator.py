@@ -378,7 +378,8 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
 
     @app.task
     async def start_health() -> None:
-        if not settings.aggregator_metrics_port:
+        port = settings.aggregator_metrics_port if settings.aggregator_metrics_port is not None else settings.metrics_port
+        if not port:
             return
         from workers.health import HealthState, serve_health, tcp_check
 
@@ -390,9 +391,7 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
             es = make_es_client(settings)
             state_.add_check("elasticsearch", lambda: ping(es))
         health_holder["state"] = state_
-        health_holder["server"] = serve_health(
-            state_, settings.metrics_host, settings.aggregator_metrics_port, metrics.registry
-        )
+        health_holder["server"] = serve_health(state_, settings.metrics_host, port, metrics.registry)
 
     @app.timer(interval=5.0)
     async def heartbeat() -> None:

@@ -46,8 +46,11 @@ class AggregatorSettings(Settings):
         10.0, gt=0, description="time limit for reading the changelog tails when verifying end offsets"
     )
     aggregator_commit_interval_s: float = Field(2.0, gt=0, description="how often consumed offsets are committed")
-    aggregator_metrics_port: int = Field(
-        9465, ge=0, le=65535, description="Prometheus /metrics, /livez, /readyz of the aggregator; 0 = off"
+    aggregator_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the aggregator's /metrics, /livez, /readyz; unset = metrics_port (as in the chart); 0 = off",
     )
     aggregator_log_level: str = Field("WARNING", description="log level of faust itself (our own logs use log_level)")
 
