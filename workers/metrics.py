@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -56,3 +57,9 @@ class WorkerMetrics:
             backend_errors=Counter("moodwatch_backend_errors", "Failed model backend calls", registry=registry),
             producer_errors=Counter("moodwatch_producer_errors", "Failed Kafka produce attempts", registry=registry),
         )
+
+
+@functools.lru_cache(maxsize=None)
+def default_metrics() -> WorkerMetrics:
+    """The process-wide metrics on the default registry (what /metrics serves); created once."""
+    return WorkerMetrics.create()

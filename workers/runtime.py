@@ -11,7 +11,7 @@ from workers.health import HealthState, serve_health, tcp_check
 from workers.images import ImageLoader
 from workers.kafka_io import ensure_topics, make_consumer, make_producer
 from workers.logs import get_logger
-from workers.metrics import WorkerMetrics
+from workers.metrics import WorkerMetrics, default_metrics
 from workers.settings import Settings
 
 log = get_logger("moodwatch.runtime")
@@ -28,7 +28,7 @@ def build_worker(settings: Settings, *, analyzer: Any = None, metrics: WorkerMet
     if create_topics:
         ensure_topics(settings, [settings.posts_topic, settings.results_topic, settings.dlq_topic])
     analyzer = analyzer if analyzer is not None else build_analyzer(settings)
-    metrics = metrics or WorkerMetrics.create()
+    metrics = metrics or default_metrics()
     if health is not None:
         health.add_check("kafka", tcp_check(settings.kafka_bootstrap))
         health.add_check("elasticsearch", lambda: ping(es))

@@ -1,0 +1,156 @@
+"""The analyzer worker against the real local broker and store: exactly-once results, DLQ, crash safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from tests.factories import tiny_png_b64
+from tests.support.tiny import tiny_analyzer
+from workers.es_sink import make_es_client
+from prometheus_client import CollectorRegistry
+
+from workers.metrics import WorkerMetrics
+from workers.runtime import build_worker
+from workers.sample_posts import poison_posts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def worker_settings(local_stack, fresh_topics, unique_group_id):
+    topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=2)
+    index = f"results-{uuid.uuid4().hex[:8]}"
+    return local_stack.settings(
+        posts_topic=topics["posts"], results_topic=topics["post-sentiment"], dlq_topic=topics["posts.dlq"],
+        consumer_group=unique_group_id, es_results_index=index, es_alerts_index=f"alerts-{index}",
+        kafka_session_timeout_ms=6000, batch_max_posts=64, batch_max_wait_ms=200, metrics_port=0,
+    )
+
+
+def produce(settings, values: list[tuple[str, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    for key, value in values:
+        producer.send(settings.posts_topic, key=key.encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def valid_posts(n: int, prefix: str = "p") -> list[tuple[str, bytes]]:
+    image = {"b64": tiny_png_b64(32, 32)}
+    return [(f"{prefix}-{i:05d}", _post(f"{prefix}-{i:05d}", i, image)) for i in range(n)]
+
+
+def _post(post_id: str, i: int, image: dict) -> bytes:
+    import json
+
+    return json.dumps({
+        "schema_version": 1, "post_id": post_id, "author_id": f"a{i % 7}", "channel": f"c{i % 3}",
+        "created_at": "2026-11-01T12:00:00+00:00", "image": image,
+    }).encode()
+
+
+def stored_ids(settings) -> list[str]:
+    es = make_es_client(settings)
+    es.indices.refresh(index=settings.es_results_index)
+    ids, after = [], None
+    while True:
+        body = {"size": 500, "sort": [{"post_id": "asc"}], "_source": ["post_id"]}
+        if after:
+            body["search_after"] = after
+        hits = es.search(index=settings.es_results_index, body=body)["hits"]["hits"]
+        if not hits:
+            return ids
+        ids += [h["_source"]["post_id"] for h in hits]
+        after = hits[-1]["sort"]
+
+
+def read_topic(settings, topic: str, expected: int, timeout_s: float = 30.0) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None)
+    records, waited = [], 0.0
+    try:
+        while len(records) < expected and waited < timeout_s:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records += batch
+            waited += 0.5
+        for batch in consumer.poll(timeout_ms=1000).values():  # anything beyond expected is a duplicate
+            records += batch
+    finally:
+        consumer.close()
+    return records
+
+
+def run_in_thread(settings, idle_exit_s: float = 6.0):
+    worker = build_worker(settings, analyzer=tiny_analyzer(regions=False), create_topics=False,
+                          metrics=WorkerMetrics.create(CollectorRegistry()))
+    thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": idle_exit_s}, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def test_thousand_posts_end_in_elasticsearch_exactly_once(worker_settings):
+    produce(worker_settings, valid_posts(1000))
+    worker, thread = run_in_thread(worker_settings)
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "worker did not finish"
+    ids = stored_ids(worker_settings)
+    assert len(ids) == 1000 and len(set(ids)) == 1000
+    results = read_topic(worker_settings, worker_settings.results_topic, 1000)
+    assert sorted(r.key.decode() for r in results) == sorted(ids)
+    assert worker.metrics.posts_processed._value.get() == 1000
+
+
+def test_poison_posts_are_dead_lettered_with_headers_and_the_stream_flows(worker_settings):
+    poison = poison_posts()
+    values = valid_posts(20, "before") + [(key, value) for _label, key, value in poison] + valid_posts(20, "after")
+    produce(worker_settings, values)
+    _, thread = run_in_thread(worker_settings)
+    thread.join(timeout=300)
+    assert len(stored_ids(worker_settings)) == 40
+    dlq = read_topic(worker_settings, worker_settings.dlq_topic, len(poison))
+    assert len(dlq) == len(poison)
+    by_key = {r.key.decode(): {k: v.decode() for k, v in r.headers} for r in dlq}
+    expected = {"poison-json": ("MalformedPost", "validate"), "poison-missing": ("InvalidPost", "validate"),
+                "poison-version": ("UnknownSchemaVersion", "validate"), "poison-bytes": ("UnsupportedFormat", "decode"),
+                "poison-bomb": ("TooManyPixels", "decode"), "poison-url": ("BlockedURL", "fetch")}
+    for key, (error, stage) in expected.items():
+        headers = by_key[key]
+        assert headers["error.class"] == error and headers["stage"] == stage, headers
+        assert headers["original.topic"] == worker_settings.posts_topic
+        assert headers["original.partition"] in ("0", "1") and int(headers["original.offset"]) >= 0
+        assert headers["error.message"]
+    original = dict(values)
+    assert all(r.value == original[r.key.decode()] for r in dlq), "DLQ must carry the original bytes"
+
+
+def _env(settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None and not isinstance(value, (dict, list)):
+            env[f"MOODWATCH_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_worker_killed_between_store_and_commit_loses_and_duplicates_nothing(worker_settings):
+    produce(worker_settings, valid_posts(1000))
+    env = _env(worker_settings)
+    crashed = subprocess.run([sys.executable, "-m", "tests.support.tiny_worker"], cwd=ROOT,
+                             env=env | {"MOODWATCH_TEST_KILL_AFTER_STORES": "3"}, capture_output=True, timeout=300)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    partial = stored_ids(worker_settings)
+    assert 0 < len(partial) < 1000, "the kill should leave the stream half done"
+    finished = subprocess.run([sys.executable, "-m", "tests.support.tiny_worker"], cwd=ROOT, env=env,
+                              capture_output=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    ids = stored_ids(worker_settings)
+    assert len(ids) == 1000 and len(set(ids)) == 1000
