@@ -227,9 +227,14 @@ class AlertOutputs:
         self.metrics = metrics
         self.es_sink = es_sink
         if self.es_sink is None and getattr(settings, "alerts_to_elasticsearch", True):
-            from workers.es_sink import AlertSink, make_es_client
+            from workers.es_sink import AlertSink, install_templates, make_es_client
 
-            self.es_sink = AlertSink(make_es_client(settings), settings)
+            es = make_es_client(settings)
+            try:
+                install_templates(es, settings)  # idempotent; the alerts index gets its strict mapping
+            except Exception as exc:  # the store may be down right now: the sink retries its writes
+                log.warning("alert_templates_not_installed", error=str(exc)[:300])
+            self.es_sink = AlertSink(es, settings)
         self.webhook = webhook
         if self.webhook is None and getattr(settings, "alert_webhook_url", None):
             on_attempt = metrics.webhook_attempts.inc if metrics else None
