@@ -1,0 +1,376 @@
+"""Export a servable Triton model repository from the trained heads, the retrieval index and the backbone.
+
+    export_repository("models/weights/heads.pt", "artifacts/index/seed", "artifacts/triton_repo", kind="cpu")
+    moodwatch triton export --repo artifacts/triton_repo [--kind gpu]
+
+``triton_repo/`` in the project holds the *templates*: one folder per model with a config.pbtxt
+whose ``${...}`` fields depend on the backbone, the index and the deployment kind, and 1/model.py.
+The export renders them for ``kind`` "cpu" or "gpu" (``PROFILES``: instance kind and counts,
+batch sizes, queue delays, threads, warmup batch; the GPU variant is generated from the same
+templates, never hand-copied) and writes into every model's version folder what that model needs:
+
+=================  =============================================================================
+model              files in <repo>/<model>/1/
+=================  =============================================================================
+backbone           backbone.json (spec, name, geometry), backbone.pt (state dict, fp32)
+retrieval          heads.pt (the aligner), index/ (the retrieval index folder as saved)
+heads              heads.pt
+regions            heads.pt (the region scorer), backbone.json (geometry); warmup/ sample boxes
+moodwatch          (ensemble; empty version folder; contract + versions as config parameters)
+moodwatch_fused    backbone.json, backbone.pt, heads.pt, index/
+=================  =============================================================================
+
+plus ``moodwatch_serving.py`` (request handling) next to each model.py, and ``export.json`` at
+the repository root (what was exported from where; Triton ignores files there). Identical files
+are hard-linked where the filesystem allows. The repository is written to a temporary folder
+beside ``out_repo`` and swapped in at the end, so a failed export never leaves half a repository.
+
+Production note: the wheel on this machine has only the python backend, so every model is a
+python-backend model (torch inside). On GPU nodes the backbone is the one worth moving to the
+TensorRT / ONNX Runtime / libtorch backends (a traced backbone with the normalisation folded in);
+the ensemble and the client contract do not change when that happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from models.encoders import ImageBackbone, load_image_backbone
+from models.moodnet import MoodHeads
+from pipelines.analyze import ANALYZER_VERSION, analyzer_versions
+from pipelines.checkpoints import load_heads
+from pipelines.regions import RegionSettings
+from pipelines.retrieval import IndexMismatchError, SentenceDatabase
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "triton_repo"
+SHARED_FILE = "moodwatch_serving.py"
+ENSEMBLE = "moodwatch"
+FUSED = "moodwatch_fused"
+STAGE_MODELS = ("backbone", "retrieval", "heads", "regions")
+ALL_MODELS = (*STAGE_MODELS, ENSEMBLE, FUSED)
+KINDS = ("cpu", "gpu")
+
+# What each model needs in its version folder.
+ASSETS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone_spec", "backbone_state"),
+    "retrieval": ("heads", "index"),
+    "heads": ("heads",),
+    "regions": ("heads", "backbone_spec", "warmup"),
+    ENSEMBLE: (),
+    FUSED: ("backbone_spec", "backbone_state", "heads", "index", "warmup"),
+}
+
+_CPUS = os.cpu_count() or 1
+
+# Deployment profiles. CPU: one instance per model (torch parallelises inside an op; more
+# instances only fight for the same cores), the backbone gets the cores, the small stages one
+# thread each. GPU: two backbone instances so one copies while the other computes; retrieval
+# stays on the CPU (faiss-cpu), the other stages on the GPU; warmup at the full batch so the
+# CUDA allocator and kernels are ready before the first real request.
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "max_batch_size": 32,
+        "preferred_batch_sizes": (8, 16, 32),
+        "queue_delay_us": 2000,
+        "warmup_batch": 1,
+        "instances": {"backbone": ("KIND_CPU", 1), "retrieval": ("KIND_CPU", 1), "heads": ("KIND_CPU", 1),
+                      "regions": ("KIND_CPU", 1), FUSED: ("KIND_CPU", 1)},
+        "torch_threads": {"backbone": 0, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 0},  # 0 = torch default
+    },
+    "gpu": {
+        "max_batch_size": 64,
+        "preferred_batch_sizes": (16, 32, 64),
+        "queue_delay_us": 1000,
+        "warmup_batch": 64,
+        "instances": {"backbone": ("KIND_GPU", 2), "retrieval": ("KIND_CPU", 2), "heads": ("KIND_GPU", 1),
+                      "regions": ("KIND_GPU", 1), FUSED: ("KIND_GPU", 2)},
+        "torch_threads": {"backbone": 2, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 2},
+    },
+}
+
+
+class ExportError(RuntimeError):
+    """The inputs of an export do not fit together (or a template is broken)."""
+
+
+@dataclass
+class ExportResult:
+    repo: Path
+    kind: str
+    models: list[str]
+    versions: dict[str, str]
+    contract: dict[str, Any]
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repo": str(self.repo), "kind": self.kind, "models": self.models, "versions": self.versions,
+            "contract": self.contract, "files": self.files,
+        }
+
+
+def export_repository(
+    heads_path: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    out_repo: str | os.PathLike[str],
+    kind: str = "cpu",
+    *,
+    image_encoder: str | ImageBackbone = "efficientnet-lite0",
+    retrieval_k: int = 3,
+    max_regions: int | None = None,
+    max_batch_size: int | None = None,
+    models: Iterable[str] | None = None,
+    templates: str | os.PathLike[str] = TEMPLATES_DIR,
+) -> ExportResult:
+    """Render the templates for ``kind`` into ``out_repo`` with the weights and index they need.
+
+    ``heads_path``: a heads checkpoint (``pipelines.checkpoints.save_heads``) -- copied as is, so the
+    server loads exactly the weights the local backend loads. ``index_dir``: a saved retrieval
+    index (``SentenceDatabase.save``). ``image_encoder``: the backbone spec ("efficientnet-lite0",
+    "tiny-random:SEED", a Hugging Face id or folder); the server rebuilds the architecture from the
+    spec and loads the exported state dict. ``max_regions``: the most region candidates per image
+    the client may send (default: the number of spectral clusters, one box per cluster).
+    """
+    if kind not in KINDS:
+        raise ExportError(f"kind must be one of {KINDS}, got {kind!r}")
+    selected = _select_models(models)
+    profile = PROFILES[kind]
+    templates = Path(templates)
+    out_repo = Path(out_repo).resolve()
+
+    heads_file, heads = _heads(heads_path)
+    database = _database(index_dir)
+    backbone = image_encoder if isinstance(image_encoder, ImageBackbone) else load_image_backbone(image_encoder, "cpu")
+    spec = image_encoder if isinstance(image_encoder, str) else _spec_of(backbone)
+    _check_compatible(backbone, heads, database)
+    if retrieval_k < 1:
+        raise ExportError("retrieval_k must be >= 1")
+    k = min(int(retrieval_k), len(database))
+    max_regions = int(max_regions or RegionSettings().clusters)
+    mbs = int(max_batch_size or profile["max_batch_size"])
+
+    versions = analyzer_versions("triton", backbone.name, heads, database).model_dump()
+    contract = {
+        "input_size": list(backbone.input_size),
+        "resize_mode": backbone.resize_mode,
+        "max_regions": max_regions,
+        "retrieval_k": k,
+        "max_batch_size": mbs,
+    }
+    common = {
+        "max_batch_size": mbs,
+        "preferred_batch_sizes": ", ".join(str(b) for b in profile["preferred_batch_sizes"] if b <= mbs) or str(mbs),
+        "queue_delay_us": profile["queue_delay_us"],
+        "warmup_batch": min(profile["warmup_batch"], mbs),
+        "image_h": backbone.input_size[0],
+        "image_w": backbone.input_size[1],
+        "feature_dim": backbone.feature_dim,
+        "fmap_h": backbone.spatial_size[0],
+        "fmap_w": backbone.spatial_size[1],
+        "text_dim": database.feature_dim,
+        "retrieval_k": k,
+        "max_regions": max_regions,
+        "contract_parameters": _parameters(
+            {**{f"moodwatch.{key}": value for key, value in versions.items() if key != "backend"},
+             "moodwatch.resize_mode": backbone.resize_mode,
+             "moodwatch.export_kind": kind,
+             "moodwatch.exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        ),
+    }
+
+    out_repo.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_repo.parent / f".{out_repo.name}.export-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    files: dict[str, list[str]] = {}
+    try:
+        assets = _Assets(staging, heads_file, database, backbone, spec, max_regions)
+        for name in selected:
+            template = templates / name
+            if not (template / "config.pbtxt").is_file():
+                raise ExportError(f"no template for model {name!r} under {templates}")
+            instance_kind, count = profile["instances"].get(name, ("KIND_CPU", 1))
+            values = {**common, "instance_kind": instance_kind, "instance_count": count,
+                      "torch_threads": profile["torch_threads"].get(name, 1)}
+            model_dir = staging / name
+            version_dir = model_dir / "1"
+            version_dir.mkdir(parents=True)
+            (model_dir / "config.pbtxt").write_text(_render(template / "config.pbtxt", values))
+            if (template / "1" / "model.py").is_file():
+                shutil.copy2(template / "1" / "model.py", version_dir / "model.py")
+                shutil.copy2(templates / "_shared" / SHARED_FILE, version_dir / SHARED_FILE)
+            for asset in ASSETS[name]:
+                assets.write(asset, model_dir)
+            files[name] = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
+        result = ExportResult(out_repo, kind, list(selected), versions, contract, files)
+        (staging / "export.json").write_text(json.dumps(
+            {**result.to_json(), "analyzer": ANALYZER_VERSION, "image_encoder_spec": spec,
+             "heads_path": str(heads_file), "index_dir": str(Path(index_dir).resolve()),
+             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
+        _swap_in(staging, out_repo)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def _select_models(models: Iterable[str] | None) -> list[str]:
+    selected = list(dict.fromkeys(models)) if models is not None else list(ALL_MODELS)
+    unknown = [m for m in selected if m not in ALL_MODELS]
+    if unknown:
+        raise ExportError(f"unknown models {unknown}; choose from {ALL_MODELS}")
+    if ENSEMBLE in selected:  # the ensemble is useless without its steps
+        selected = list(dict.fromkeys([*STAGE_MODELS, *selected]))
+    return selected
+
+
+def _heads(heads_path: str | os.PathLike[str]) -> tuple[Path, MoodHeads]:
+    path = Path(heads_path)
+    heads, _card = load_heads(path)  # raises CheckpointError with a hint when missing
+    return path.resolve(), heads
+
+
+def _database(index_dir: str | os.PathLike[str]) -> SentenceDatabase:
+    try:
+        return SentenceDatabase.load(index_dir)
+    except IndexMismatchError as exc:
+        raise ExportError(f"retrieval index {index_dir}: {exc}") from exc
+
+
+def _spec_of(backbone: ImageBackbone) -> str:
+    name = backbone.name
+    if name.startswith("tiny-random-cnn@"):
+        return f"tiny-random:{name.split('@', 1)[1]}"
+    return name.split("@", 1)[0]
+
+
+def _check_compatible(backbone: ImageBackbone, heads: MoodHeads, database: SentenceDatabase) -> None:
+    cfg = heads.config
+    problems = []
+    if cfg.image_dim != backbone.feature_dim:
+        problems.append(f"heads expect {cfg.image_dim}-d image features, backbone {backbone.name} gives {backbone.feature_dim}")
+    if cfg.text_dim != database.feature_dim:
+        problems.append(f"heads expect {cfg.text_dim}-d text features, index holds {database.feature_dim}-d ({database.text_encoder})")
+    if heads.aligner.out_dim != database.embedding_dim:
+        problems.append(f"aligner embeds into {heads.aligner.out_dim}-d, index searches {database.embedding_dim}-d")
+    if problems:
+        raise ExportError("heads, backbone and index do not fit together: " + "; ".join(problems))
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+class _Assets:
+    """Writes each asset once (under the first model that needs it) and hard-links it elsewhere."""
+
+    def __init__(self, root: Path, heads_file: Path, database: SentenceDatabase, backbone: ImageBackbone,
+                 spec: str, max_regions: int) -> None:
+        self.root, self.heads_file, self.database, self.backbone = root, heads_file, database, backbone
+        self.spec, self.max_regions = spec, max_regions
+        self._first: dict[str, Path] = {}
+
+    def write(self, asset: str, model_dir: Path) -> None:
+        target = model_dir / ("warmup" if asset == "warmup" else "1")
+        source = self._first.get(asset)
+        if source is not None:
+            _link_tree(source, target, self._names(asset))
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        if asset == "heads":
+            shutil.copy2(self.heads_file, target / "heads.pt")
+        elif asset == "index":
+            self.database.save(target / "index")
+        elif asset == "backbone_spec":
+            bb = self.backbone
+            (target / "backbone.json").write_text(json.dumps({
+                "spec": self.spec, "name": bb.name, "input_size": list(bb.input_size),
+                "spatial_size": list(bb.spatial_size), "stride_yx": list(bb.stride_yx),
+                "feature_dim": bb.feature_dim, "resize_mode": bb.resize_mode,
+                "mean": bb.pixel_mean.flatten().tolist(), "std": bb.pixel_std.flatten().tolist(),
+            }, indent=2) + "\n")
+        elif asset == "backbone_state":
+            state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
+            torch.save(state, target / "backbone.pt")
+        elif asset == "warmup":
+            boxes, count, size = warmup_boxes(self.max_regions)
+            (target / "boxes").write_bytes(boxes.tobytes())
+            (target / "box_count").write_bytes(count.tobytes())
+            (target / "image_size").write_bytes(size.tobytes())
+        else:  # pragma: no cover - ASSETS and this method are kept in step
+            raise ExportError(f"unknown asset {asset}")
+        self._first[asset] = target
+
+    @staticmethod
+    def _names(asset: str) -> list[str]:
+        return {
+            "heads": ["heads.pt"], "index": ["index"], "backbone_spec": ["backbone.json"],
+            "backbone_state": ["backbone.pt"], "warmup": ["boxes", "box_count", "image_size"],
+        }[asset]
+
+
+def warmup_boxes(max_regions: int, width: int = 640, height: int = 480) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A realistic region warmup sample: every slot filled with boxes of a multi-scale grid."""
+    boxes = []
+    for cells in (1, 2, 3, 4, 5, 6, 7, 8):
+        w, h = width / cells, height / cells
+        for j in range(cells):
+            for i in range(cells):
+                boxes.append((i * w, j * h, (i + 1) * w, (j + 1) * h))
+    arr = np.asarray((boxes * (max_regions // len(boxes) + 1))[:max_regions], dtype=np.float32).reshape(max_regions, 4)
+    return arr, np.asarray([max_regions], dtype=np.int32), np.asarray([width, height], dtype=np.int32)
+
+
+def _link_tree(source_dir: Path, target_dir: Path, names: list[str]) -> None:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = source_dir / name
+        dst = target_dir / name
+        if src.is_dir():
+            dst.mkdir()
+            _link_tree(src, dst, [p.name for p in src.iterdir()])
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+def _render(template: Path, values: dict[str, Any]) -> str:
+    try:
+        return string.Template(template.read_text()).substitute({k: str(v) for k, v in values.items()})
+    except (KeyError, ValueError) as exc:
+        raise ExportError(f"template {template}: {type(exc).__name__}: {exc}") from exc
+
+
+def _parameters(values: dict[str, str]) -> str:
+    lines = [f"parameters {{ key: {json.dumps(k)} value: {{ string_value: {json.dumps(str(v), ensure_ascii=False)} }} }}"
+             for k, v in values.items()]
+    return "\n".join(lines)
+
+
+def _swap_in(staging: Path, out_repo: Path) -> None:
+    if out_repo.exists():
+        if not out_repo.is_dir():
+            raise ExportError(f"{out_repo} exists and is not a folder")
+        if any(out_repo.iterdir()) and not (out_repo / "export.json").is_file():
+            raise ExportError(f"{out_repo} is not empty and holds no export.json; refusing to replace it")
+        old = out_repo.parent / f".{out_repo.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_repo, old)
+        os.replace(staging, out_repo)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_repo)

@@ -1,0 +1,312 @@
+"""Request handling shared by the moodwatch python-backend models (TritonPythonModel contract).
+
+``pipelines/export.py`` copies this file into every python model's version folder (next to
+model.py), so each model version is self-contained (a model repository on S3/GCS is downloaded
+one model folder at a time). The numbers themselves come from the project's own code
+(``pipelines.analyze`` stage functions), exactly what ``LocalAnalyzer`` runs; this module only
+turns Triton requests into batched tensors and back.
+
+Contract kept by every stage:
+- ``initialize`` loads everything or raises (the model then never becomes READY, and the reason
+  is in the server log); ``finalize`` releases it.
+- ``execute`` gets the requests the dynamic batcher grouped, answers each with exactly one
+  ``InferenceResponse`` in order; inputs are concatenated into one batch, run once, and split
+  back. A request that cannot be parsed, or that makes the batched run fail, gets its own
+  ``TritonError`` response; the other requests of the group still get their outputs (the
+  group is re-run one request at a time to find the culprit).
+- No stage keeps per-request state, so any number of instances can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import triton_python_backend_utils as pb_utils
+
+SHARED_FILE = "moodwatch_serving.py"
+BACKBONE_JSON = "backbone.json"
+BACKBONE_STATE = "backbone.pt"
+HEADS_FILE = "heads.pt"
+INDEX_DIR = "index"
+
+
+class BackboneGeometry:
+    """What the region stage needs of the backbone: where an original-image box lies on the feature
+    map. Uses ``ImageBackbone.to_feature_coords`` itself (it reads only input_size and stride_yx),
+    so the mapping is the one LocalAnalyzer uses, without loading the backbone's weights."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from models.encoders import ImageBackbone
+
+        self.input_size = tuple(int(v) for v in spec["input_size"])
+        self.stride_yx = tuple(float(v) for v in spec["stride_yx"])
+        self._to_feature_coords = ImageBackbone.to_feature_coords
+
+    def to_feature_coords(self, boxes, width: int, height: int) -> torch.Tensor:
+        return self._to_feature_coords(self, boxes, width, height)
+
+
+class Stage:
+    """Base of every moodwatch python model. Subclasses set INPUTS and define load() and run()."""
+
+    INPUTS: tuple[str, ...] = ()
+
+    # -- TritonPythonModel contract ---------------------------------------------------------------
+    def initialize(self, args: dict[str, str]) -> None:
+        started = time.monotonic()
+        self.model_config = json.loads(args["model_config"])
+        self.model_name = args["model_name"]
+        self.folder = Path(args["model_repository"]) / args["model_version"]
+        self.params = {k: v.get("string_value", "") for k, v in self.model_config.get("parameters", {}).items()}
+        gpu = args.get("model_instance_kind") == "GPU"
+        self.device = torch.device(f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu")
+        threads = int(self.params.get("torch_threads", "0") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.output_dtypes = {
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]
+        }
+        self.output_names = [o["name"] for o in self.model_config["output"]]
+        self.load()
+        pb_utils.Logger.log_info(
+            f"moodwatch {self.model_name}: loaded from {self.folder} on {self.device} in {time.monotonic() - started:.1f}s"
+            f" (torch threads {torch.get_num_threads()}, numpy {np.__version__})"
+        )
+
+    def execute(self, requests: list) -> list:
+        responses: list[Any] = [None] * len(requests)
+        parsed: list[tuple[int, dict[str, np.ndarray]]] = []
+        for i, request in enumerate(requests):
+            try:
+                parsed.append((i, self._inputs(request)))
+            except Exception as exc:  # noqa: BLE001 - this request only
+                responses[i] = _error(f"{self.model_name}: bad request: {exc}")
+        if parsed:
+            try:
+                self._answer(parsed, responses)
+            except Exception:  # noqa: BLE001 - isolate the request that broke the batch
+                for i, inputs in parsed:
+                    try:
+                        self._answer([(i, inputs)], responses)
+                    except Exception as exc:  # noqa: BLE001
+                        responses[i] = _error(f"{self.model_name}: {type(exc).__name__}: {exc}")
+        return responses
+
+    def finalize(self) -> None:
+        self.unload()
+
+    # -- to implement -----------------------------------------------------------------------------
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        pass
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batched inputs (first axis = images) -> outputs by name (first axis = images)."""
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _inputs(self, request) -> dict[str, np.ndarray]:
+        out = {}
+        for name in self.INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"missing input {name}")
+            out[name] = tensor.as_numpy()
+        sizes = {len(v) for v in out.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs disagree on the batch size: { {k: v.shape for k, v in out.items()} }")
+        return out
+
+    def _answer(self, parsed: list[tuple[int, dict[str, np.ndarray]]], responses: list) -> None:
+        if len(parsed) == 1:
+            batch = parsed[0][1]
+        else:
+            batch = {name: np.concatenate([inputs[name] for _, inputs in parsed]) for name in self.INPUTS}
+        with torch.inference_mode():
+            outputs = self.run(batch)
+        start = 0
+        for i, inputs in parsed:
+            n = len(next(iter(inputs.values())))
+            tensors = [
+                pb_utils.Tensor(name, _as_dtype(outputs[name][start : start + n], self.output_dtypes[name]))
+                for name in self.output_names
+            ]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start += n
+
+    # -- loaders shared by the stages -------------------------------------------------------------
+    def load_backbone(self):
+        from models.encoders import load_image_backbone
+
+        spec = json.loads((self.folder / BACKBONE_JSON).read_text())
+        backbone = load_image_backbone(spec["spec"], "cpu")
+        state = self.folder / BACKBONE_STATE
+        if state.is_file():
+            backbone.load_state_dict(torch.load(state, map_location="cpu", weights_only=True))
+        if backbone.name != spec["name"]:
+            raise RuntimeError(f"backbone {spec['spec']!r} resolved to {backbone.name}, exported as {spec['name']}")
+        return backbone.to(self.device).eval()
+
+    def load_geometry(self) -> BackboneGeometry:
+        return BackboneGeometry(json.loads((self.folder / BACKBONE_JSON).read_text()))
+
+    def load_heads(self):
+        from pipelines.checkpoints import load_heads
+
+        heads, _card = load_heads(self.folder / HEADS_FILE, device=str(self.device))
+        return heads.eval()
+
+    def load_database(self):
+        from pipelines.retrieval import SentenceDatabase
+
+        database = SentenceDatabase.load(self.folder / INDEX_DIR)
+        self.evidence_json = np.array(
+            [json.dumps(s.to_json(), ensure_ascii=False).encode("utf-8") for s in database.sentences], dtype=np.object_
+        )
+        return database
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+
+# -- the stages ------------------------------------------------------------------------------------
+
+
+def normalise(backbone, pixels: torch.Tensor) -> torch.Tensor:
+    """Resized 0..255 pixels -> the backbone's input; the same float ops as ImageBackbone.preprocess."""
+    return ((pixels.cpu() - backbone.pixel_mean.cpu()) / backbone.pixel_std.cpu()).to(backbone.device)
+
+
+class BackboneStage(Stage):
+    INPUTS = ("PIXELS",)
+
+    def load(self) -> None:
+        self.backbone = self.load_backbone()
+
+    def run(self, batch):
+        feat_map, pooled = self.backbone(normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"]))))
+        return {"FEATURE_MAP": _np(feat_map), "POOLED": _np(pooled)}
+
+
+class RetrievalStage(Stage):
+    INPUTS = ("POOLED",)
+
+    def load(self) -> None:
+        from pipelines.analyze import retrieval_stage
+
+        self.heads = self.load_heads()
+        self.database = self.load_database()
+        self.k = int(self.params["retrieval_k"])
+        self._retrieve = retrieval_stage
+
+    def run(self, batch):
+        retrieval = self._retrieve(self.heads, self.database, self.tensor(batch["POOLED"]), self.k)
+        return {
+            "RETRIEVAL_SCORES": retrieval.scores,
+            "RETRIEVAL_IDS": retrieval.ids,
+            "TEXT_FEATURES": np.asarray(retrieval.features, dtype=np.float32),
+            "EVIDENCE": self.evidence_json[retrieval.ids],
+        }
+
+
+class HeadsStage(Stage):
+    INPUTS = ("FEATURE_MAP", "POOLED", "TEXT_FEATURES")
+
+    def load(self) -> None:
+        from pipelines.analyze import heads_stage
+
+        self.heads = self.load_heads()
+        self._heads = heads_stage
+
+    def run(self, batch):
+        polarity, emotions = self._heads(
+            self.heads, self.tensor(batch["FEATURE_MAP"]), self.tensor(batch["POOLED"]), self.tensor(batch["TEXT_FEATURES"])
+        )
+        return {"POLARITY": _np(polarity), "EMOTIONS": _np(emotions)}
+
+
+class RegionsStage(Stage):
+    INPUTS = ("FEATURE_MAP", "BOXES", "BOX_COUNT", "IMAGE_SIZE")
+
+    def load(self) -> None:
+        self.heads = self.load_heads()
+        self.geometry = self.load_geometry()
+
+    def run(self, batch):
+        return {"REGION_DISTS": region_dists(self.heads, self.geometry, self.tensor(batch["FEATURE_MAP"]), batch)}
+
+
+def region_dists(heads, geometry, feat_map: torch.Tensor, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """[B, R, 8]: the distribution of every candidate box (rows past BOX_COUNT stay 0)."""
+    from pipelines.analyze import region_distributions
+    from pipelines.regions import RegionCandidates
+
+    boxes, counts, sizes = batch["BOXES"], batch["BOX_COUNT"].reshape(-1), batch["IMAGE_SIZE"]
+    out = np.zeros((boxes.shape[0], boxes.shape[1], 8), dtype=np.float32)
+    for i in range(boxes.shape[0]):
+        n = int(counts[i])
+        if n <= 0:
+            continue
+        if n > boxes.shape[1]:
+            raise ValueError(f"BOX_COUNT {n} > {boxes.shape[1]} boxes")
+        width, height = int(sizes[i][0]), int(sizes[i][1])
+        if width < 1 or height < 1:
+            raise ValueError(f"IMAGE_SIZE must be positive, got {width}x{height}")
+        candidates = RegionCandidates(np.ascontiguousarray(boxes[i, :n], dtype=np.float32), np.zeros(n, np.float32))
+        out[i, :n] = _np(region_distributions(heads, geometry, feat_map[i : i + 1], candidates, width, height))
+    return out
+
+
+class FusedStage(Stage):
+    """Every stage in one process: the same outputs as the `moodwatch` ensemble, without the hops."""
+
+    INPUTS = ("PIXELS", "BOXES", "BOX_COUNT", "IMAGE_SIZE")
+
+    def load(self) -> None:
+        from pipelines.analyze import heads_stage, retrieval_stage
+
+        self.backbone = self.load_backbone()
+        self.heads = self.load_heads()
+        self.database = self.load_database()
+        self.k = int(self.params["retrieval_k"])
+        self._retrieve, self._heads = retrieval_stage, heads_stage
+
+    def run(self, batch):
+        feat_map, pooled = self.backbone(normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"]))))
+        retrieval = self._retrieve(self.heads, self.database, pooled, self.k)
+        text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
+        polarity, emotions = self._heads(self.heads, feat_map, pooled, text_feats)
+        return {
+            "POLARITY": _np(polarity),
+            "EMOTIONS": _np(emotions),
+            "RETRIEVAL_SCORES": retrieval.scores,
+            "RETRIEVAL_IDS": retrieval.ids,
+            "EVIDENCE": self.evidence_json[retrieval.ids],
+            "REGION_DISTS": region_dists(self.heads, self.backbone, feat_map, batch),
+        }
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _as_dtype(array: np.ndarray, dtype) -> np.ndarray:
+    if dtype == np.object_ or array.dtype == dtype:
+        return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array.astype(dtype))
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+

@@ -1,0 +1,26 @@
+"""moodwatch `backbone` model (Triton python backend): resized pixels -> feature map + pooled vector.
+
+The numbers come from the project's ImageBackbone, normalised with the same float ops as
+ImageBackbone.preprocess (the client resizes with that same function, so both backends feed the
+backbone identical tensors); request handling is in moodwatch_serving.py, which
+`moodwatch triton export` copies next to this file.
+"""
+
+import os
+import sys
+
+# The python-backend stub embeds its own interpreter and ignores PYTHONPATH. Whoever starts
+# tritonserver (workers/triton_local.py does) lists the project and its environment here; they go
+# first on sys.path *before numpy is imported*: the stub's interpreter may carry numpy 2.x, with
+# which python-backend outputs came back empty (numpy 1.26 works). In a Triton image with the
+# project installed the variable is unset and nothing changes.
+for _path in reversed([p for p in os.environ.get("MOODWATCH_TRITON_PYTHONPATH", "").split(os.pathsep) if p]):
+    if _path in sys.path:
+        sys.path.remove(_path)
+    sys.path.insert(0, _path)
+
+from moodwatch_serving import BackboneStage  # noqa: E402
+
+
+class TritonPythonModel(BackboneStage):
+    """initialize / execute / finalize come from BackboneStage (one response per request, per-request errors)."""
