@@ -1,0 +1,366 @@
+"""The Triton backend against a real tritonserver (nvidia-pytriton wheel, python backend, CPU).
+
+One server per module, on the repository that `moodwatch triton export` writes from tiny random
+models built here (tiny CNN backbone "tiny-random:0", MoodHeads 64/32/16, seed sentences encoded by
+the tiny BERT). It runs with --model-control-mode=explicit so a test can unload a model
+mid-stream. Tests that stop the server or unload a model put it back before they return.
+
+Region proposals are made deterministic here: OpenCV's selective search draws from libc rand()
+(measured: two calls on the same image give the same boxes in a different order, even after
+cv2.setRNGSeed), and the box order decides the rank-based objectness. Both backends run the
+same `region_candidates` in the client, so the tests memoise it per image to compare the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pytriton", reason="tritonserver comes with nvidia-pytriton: pip install -e '.[local]'")
+pytest.importorskip("tritonclient.grpc")
+
+from google.protobuf import text_format  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+
+import pipelines.analyze as analyze_module  # noqa: E402
+import workers.triton_backend as triton_backend_module  # noqa: E402
+from models.encoders import load_image_backbone, tiny_text_encoder  # noqa: E402
+from models.moodnet import HeadsConfig, MoodHeads  # noqa: E402
+from pipelines.analyze import AnalyzerOptions, LocalAnalyzer  # noqa: E402
+from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable  # noqa: E402
+from pipelines.checkpoints import load_heads, save_heads  # noqa: E402
+from pipelines.regions import region_candidates  # noqa: E402
+from pipelines.retrieval import SentenceDatabase, load_seed_sentences  # noqa: E402
+from workers.triton_backend import TritonAnalyzer, TritonOptions  # noqa: E402
+from workers.triton_local import TritonServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKBONE = "tiny-random:0"
+OPTIONS = AnalyzerOptions(proposal_threads=1)
+TOL = 1e-4
+
+
+def _images() -> list[np.ndarray]:
+    from skimage import data
+
+    rng = np.random.default_rng(7)
+    return [
+        data.astronaut(),  # 512 x 512 RGB
+        data.chelsea(),  # 300 x 451
+        data.coffee(),  # 400 x 600
+        data.camera(),  # 512 x 512 grey (H x W)
+        data.rocket(),  # 427 x 640
+        rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),  # 600 px: smaller than any region (800 px)
+    ]
+
+
+IMAGES = _images()
+
+
+# -- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deterministic_proposals():
+    cache: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def memoised(image, cfg):
+        key = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() + str(image.shape) + repr(cfg)
+        with lock:
+            if key not in cache:
+                cache[key] = region_candidates(image, cfg)
+            return cache[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(analyze_module, "region_candidates", memoised)
+        mp.setattr(triton_backend_module, "region_candidates", memoised)
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("triton-assets")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        heads = MoodHeads(HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16)).eval()
+    heads_path = save_heads(heads, root / "heads" / "heads.pt", {"note": "tiny random heads for tests"})
+    SentenceDatabase.from_sentences(load_seed_sentences(), tiny_text_encoder(0)).save(root / "index")
+    return {"root": root, "heads": heads_path, "index": root / "index"}
+
+
+@pytest.fixture(scope="module")
+def exported_repo(tiny_assets) -> Path:
+    """The repository as `moodwatch triton export` writes it (the real CLI, in its own process)."""
+    repo = tiny_assets["root"] / "repo"
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "triton", "export", "--repo", str(repo), "--heads", str(tiny_assets["heads"]),
+         "--index", str(tiny_assets["index"]), "--image-encoder", BACKBONE, "--model", "moodwatch"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((repo / "export.json").read_text())["models"] == ["backbone", "retrieval", "heads", "regions", "moodwatch"]
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton_server(exported_repo, tmp_path_factory):
+    server = TritonServer(exported_repo, log_dir=tmp_path_factory.mktemp("triton-logs"),
+                          model_control="explicit", load_models=["moodwatch"])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_analyzer(tiny_assets):
+    heads, _ = load_heads(tiny_assets["heads"])  # the fp16-stored weights, as the server loads them
+    analyzer = LocalAnalyzer(load_image_backbone(BACKBONE), heads, SentenceDatabase.load(tiny_assets["index"]), OPTIONS)
+    yield analyzer
+    analyzer.close()
+
+
+@pytest.fixture
+def triton_analyzer(triton_server):
+    analyzer = TritonAnalyzer(TritonOptions(url=triton_server.grpc_url, timeout_s=60), OPTIONS)
+    yield analyzer
+    analyzer.close()
+
+
+def _wait_ready(analyzer: TritonAnalyzer, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not analyzer.ready():
+        assert time.monotonic() < deadline, "model did not come back"
+        time.sleep(0.5)
+
+
+def _assert_same(local, remote) -> None:
+    assert len(local) == len(remote)
+    for a, b in zip(local, remote):
+        assert (a.image_width, a.image_height) == (b.image_width, b.image_height)
+        assert a.polarity == b.polarity
+        assert abs(a.polarity_probs.positive - b.polarity_probs.positive) <= TOL
+        assert abs(a.polarity_probs.negative - b.polarity_probs.negative) <= TOL
+        assert np.allclose(a.emotions.as_list(), b.emotions.as_list(), atol=TOL, rtol=0)
+        assert [(e.text, e.emotion, e.source) for e in a.evidence] == [(e.text, e.emotion, e.source) for e in b.evidence]
+        assert np.allclose([e.similarity for e in a.evidence], [e.similarity for e in b.evidence], atol=TOL, rtol=0)
+        assert [(r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in a.regions] == \
+            [(r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in b.regions]
+        assert np.allclose([r.score for r in a.regions], [r.score for r in b.regions], atol=TOL, rtol=0)
+
+
+# -- the repository -----------------------------------------------------------------------------------
+
+
+def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets, tmp_path):
+    from pipelines.export import export_repository
+
+    cpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "cpu", "cpu", image_encoder=BACKBONE)
+    gpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "gpu", "gpu", image_encoder=BACKBONE)
+    assert cpu.models == gpu.models == ["backbone", "retrieval", "heads", "regions", "moodwatch", "moodwatch_fused"]
+    for name in cpu.models:
+        c = text_format.Parse((tmp_path / "cpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        g = text_format.Parse((tmp_path / "gpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert c.name == g.name == name
+        assert c.input and c.output and c.max_batch_size == 32 and g.max_batch_size == 64
+        assert c.version_policy.latest.num_versions == 1
+        assert [(i.name, list(i.dims)) for i in c.input] == [(i.name, list(i.dims)) for i in g.input]
+        if name == "moodwatch":  # Triton refuses batching/instances/warmup on an ensemble: set on the steps
+            assert c.platform == "ensemble" and [s.model_name for s in c.ensemble_scheduling.step] == \
+                ["backbone", "retrieval", "heads", "regions"]
+            assert c.parameters["moodwatch.heads"].string_value == cpu.versions["heads"]
+            continue
+        assert c.backend == "python" and c.dynamic_batching.max_queue_delay_microseconds > 0
+        assert c.model_warmup and c.model_warmup[0].batch_size == 1 and g.model_warmup[0].batch_size == 64
+        assert [grp.kind for grp in c.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+        expected = model_config_pb2.ModelInstanceGroup.KIND_CPU if name == "retrieval" else model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert [grp.kind for grp in g.instance_group] == [expected]  # FAISS stays on the CPU
+        assert (tmp_path / "cpu" / name / "1" / "model.py").is_file()
+        assert (tmp_path / "cpu" / name / "1" / "moodwatch_serving.py").is_file()
+    assert (tmp_path / "cpu" / "regions" / "warmup" / "boxes").stat().st_size == 50 * 4 * 4
+    assert (tmp_path / "cpu" / "retrieval" / "1" / "index" / "manifest.json").is_file()
+    assert (tmp_path / "cpu" / "backbone" / "1" / "backbone.pt").is_file()
+
+
+# -- parity ---------------------------------------------------------------------------------------------
+
+
+def test_triton_and_local_backends_give_the_same_analysis(local_analyzer, triton_analyzer):
+    local = local_analyzer.analyze(IMAGES)
+    remote = triton_analyzer.analyze(IMAGES)
+    _assert_same(local, remote)
+    assert any(a.regions for a in local) and not local[-1].regions
+    lv, tv = local_analyzer.versions.model_dump(), triton_analyzer.versions.model_dump()
+    assert (lv.pop("backend"), tv.pop("backend")) == ("local", "triton")
+    assert lv == tv
+
+
+def test_micro_batches_above_the_request_size_are_split_and_give_the_same_result(local_analyzer, triton_server):
+    split = TritonAnalyzer(TritonOptions(url=triton_server.grpc_url, timeout_s=60, max_request_images=2), OPTIONS)
+    try:
+        _assert_same(local_analyzer.analyze(IMAGES[:5]), split.analyze(IMAGES[:5]))
+    finally:
+        split.close()
+
+
+def test_a_bad_request_fails_alone_with_a_per_request_error(triton_server, triton_analyzer):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def request(count: int):
+        arrays = {"PIXELS": np.zeros((1, 3, 224, 224), np.float32), "BOXES": np.zeros((1, 50, 4), np.float32),
+                  "BOX_COUNT": np.full((1, 1), count, np.int32), "IMAGE_SIZE": np.array([[640, 480]], np.int32)}
+        inputs = []
+        for name, array in arrays.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT32")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    client = triton_server.client()
+    results: dict[str, object] = {}
+
+    def call(tag: str, count: int) -> None:
+        try:
+            results[tag] = client.infer("moodwatch", request(count)).as_numpy("POLARITY")
+        except InferenceServerException as exc:
+            results[tag] = exc
+
+    threads = [threading.Thread(target=call, args=(f"good-{i}", 0)) for i in range(3)]
+    threads.append(threading.Thread(target=call, args=("bad", 99)))  # more boxes than the model takes
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert isinstance(results["bad"], InferenceServerException) and "BOX_COUNT 99" in results["bad"].message()
+    assert all(isinstance(results[f"good-{i}"], np.ndarray) for i in range(3))
+    client.close()
+    # The client maps a rejected input to AnalysisFailed (the worker dead-letters only that post).
+    exc = triton_analyzer._translate(results["bad"], "INTERNAL", 1, 1)
+    assert isinstance(exc, AnalysisFailed)
+
+
+# -- failure paths ----------------------------------------------------------------------------------------
+
+
+def test_missing_model_is_a_clear_transient_error(triton_server):
+    analyzer = TritonAnalyzer(TritonOptions(url=triton_server.grpc_url, model="no-such-model"), OPTIONS)
+    try:
+        assert not analyzer.ready()
+        with pytest.raises(BackendUnavailable, match=r"no model named 'no-such-model' .*moodwatch"):
+            analyzer.analyze(IMAGES[:1])
+    finally:
+        analyzer.close()
+
+
+def test_request_timeout_is_backend_unavailable_and_the_server_recovers(triton_server, triton_analyzer):
+    impatient = TritonAnalyzer(TritonOptions(url=triton_server.grpc_url, timeout_s=0.001), OPTIONS)
+    try:
+        impatient.connect()
+        with pytest.raises(BackendUnavailable, match=r"did not answer .* within 0.001s"):
+            impatient.analyze(IMAGES[:4])
+    finally:
+        impatient.close()
+    assert len(triton_analyzer.analyze(IMAGES[:2])) == 2
+
+
+def test_model_unloaded_mid_stream_then_reloaded(triton_server, triton_analyzer, local_analyzer):
+    expected = local_analyzer.analyze(IMAGES[:2])
+    _assert_same(expected, triton_analyzer.analyze(IMAGES[:2]))
+    client = triton_server.client()
+    try:
+        client.unload_model("heads")  # a step of the ensemble: Triton takes `moodwatch` down with it
+        with pytest.raises(BackendUnavailable, match=r"model 'moodwatch' is not ready .*(unloaded|UNAVAILABLE|UNLOADING)"):
+            triton_analyzer.analyze(IMAGES[:2])
+        assert not triton_analyzer.ready()
+    finally:
+        client.load_model("heads")  # brings the ensemble back
+        client.close()
+    _wait_ready(triton_analyzer)
+    _assert_same(expected, triton_analyzer.analyze(IMAGES[:2]))
+
+
+def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
+    triton_server, local_stack, fresh_topics, unique_group_id, tiny_assets
+):
+    from tests.factories import tiny_png_b64
+    from workers.es_sink import make_es_client
+    from workers.metrics import WorkerMetrics
+    from workers.runtime import build_worker
+
+    topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=1)
+    index = f"results-triton-{uuid.uuid4().hex[:8]}"
+    settings = local_stack.settings(
+        posts_topic=topics["posts"], results_topic=topics["post-sentiment"], dlq_topic=topics["posts.dlq"],
+        consumer_group=unique_group_id, es_results_index=index, es_alerts_index=f"alerts-{index}",
+        kafka_session_timeout_ms=6000, batch_max_posts=16, batch_max_wait_ms=300, metrics_port=0,
+        backend="triton", triton_url=triton_server.grpc_url, triton_timeout_s=30,
+        heads_path=tiny_assets["heads"], index_dir=tiny_assets["index"], image_encoder=BACKBONE,
+    )
+    posts = 6
+    thread = None
+    triton_server.stop()
+    try:
+        analyzer = TritonAnalyzer.from_settings(settings)  # the worker starts although the server is down
+        assert not analyzer.ready()
+        with pytest.raises(BackendUnavailable, match=rf"Triton server at {triton_server.grpc_url} is not reachable"):
+            analyzer.analyze(IMAGES[:1])
+
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        for i in range(posts):
+            value = {"schema_version": 1, "post_id": f"tp-{i}", "author_id": "a1", "channel": "c1",
+                     "created_at": "2026-11-01T12:00:00+00:00", "image": {"b64": tiny_png_b64(64, 48, (40 * i, 90, 200))}}
+            producer.send(settings.posts_topic, key=f"tp-{i}".encode(), value=json.dumps(value).encode())
+        producer.flush()
+        producer.close()
+
+        metrics = WorkerMetrics.create(CollectorRegistry())
+        worker = build_worker(settings, analyzer=analyzer, create_topics=False, metrics=metrics)
+        thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": 6.0}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 90
+        while metrics.backend_errors._value.get() < 2:  # the batch is in hand and being retried
+            assert time.monotonic() < deadline and thread.is_alive(), "worker did not retry the backend"
+            time.sleep(0.2)
+        assert _committed(settings) == 0
+        assert _stored(settings, make_es_client(settings)) == []
+    finally:
+        triton_server.start()  # the same address: the waiting worker reconnects
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "worker did not finish after the server came back"
+    es = make_es_client(settings)
+    stored = _stored(settings, es)
+    assert stored == sorted(f"tp-{i}" for i in range(posts))
+    assert _committed(settings) == posts
+    doc = es.get(index=settings.es_results_index, id="tp-0")["_source"]
+    assert doc["model_versions"]["backend"] == "triton"
+    assert doc["model_versions"]["image_encoder"] == "tiny-random-cnn@0"
+
+
+def _committed(settings) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group,
+                             enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(settings.posts_topic, 0)) or 0
+    finally:
+        consumer.close()
+
+
+def _stored(settings, es) -> list[str]:
+    if not es.indices.exists(index=settings.es_results_index):
+        return []
+    es.indices.refresh(index=settings.es_results_index)
+    hits = es.search(index=settings.es_results_index, size=100, _source=["post_id"])["hits"]["hits"]
+    return sorted(h["_source"]["post_id"] for h in hits)
