@@ -67,7 +67,7 @@ class AggregatorSettings(Settings):
     # -- negative spike detection -------------------------------------------------------------
     spike_min_count: int = Field(12, ge=1, description="posts a window needs before it can raise a negative spike")
     spike_min_baseline_count: int = Field(30, ge=1, description="posts the baseline windows need together")
-    spike_alpha_arm: float = Field(1e-4, gt=0, lt=1, description="binomial test p-value below which a spike alerts (arm)")
+    spike_alpha_arm: float = Field(1e-5, gt=0, lt=1, description="binomial test p-value below which a spike alerts (arm)")
     spike_alpha_disarm: float = Field(0.05, gt=0, lt=1, description="p-value above which a closed window ends the incident")
     spike_min_effect: float = Field(0.25, ge=0, le=1, description="negative share minus baseline share needed to alert")
     spike_disarm_effect: float = Field(0.10, ge=0, le=1, description="effect below which a closed window ends the incident")

@@ -76,7 +76,7 @@ class DetectorConfig:
     retention_windows: int = 14  # windows (and their dedup sets) kept behind the newest one
     min_count: int = 12
     min_baseline_count: int = 30
-    alpha_arm: float = 1e-4
+    alpha_arm: float = 1e-5
     alpha_disarm: float = 0.05
     min_effect: float = 0.25
     disarm_effect: float = 0.10
