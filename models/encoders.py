@@ -28,6 +28,11 @@ Text encoder (``TextEncoder``)
     - ``"tiny-random[:seed]"`` / ``tiny_text_encoder(seed)``: a 2-layer 32-d BertModel with an
       in-memory character-level WordPiece vocabulary (no files, no hub), for tests.
 
+Real CLIP (with hub access or a local copy): ``load_image_backbone(clip)`` keeps the checkpoint's
+``visual_projection`` (``backbone.retrieval_embedding(pooled)``) and ``load_clip_text_embedder(clip)``
+embeds sentences into the same space: that pair builds and queries a CLIP-space index, while a
+``TextEncoder`` (BERT) supplies the features.
+
 Hugging Face ids are looked up with ``local_files_only`` when ``HF_HUB_OFFLINE`` or
 ``TRANSFORMERS_OFFLINE`` is set (or when the caller passes ``local_files_only=True``); a missing
 model raises ``EncoderNotFoundError`` with the spec and what was tried.
@@ -58,6 +63,7 @@ __all__ = [
     "MINILM_L6_V2",
     "TINY_RANDOM",
     "AlignedImageEncoder",
+    "ClipTextEmbedder",
     "EncoderNotFoundError",
     "ImageBackbone",
     "TextEncoder",
@@ -65,6 +71,7 @@ __all__ = [
     "efficientnet_lite0_backbone",
     "hf_image_backbone",
     "hf_text_encoder",
+    "load_clip_text_embedder",
     "load_image_backbone",
     "load_text_encoder",
     "minilm_text_encoder",
@@ -124,6 +131,8 @@ class ImageBackbone(nn.Module):
             ``spatial_scale`` of RoI pooling is ``1 / stride``). Use ``to_feature_coords`` for
             boxes in original-image pixels.
         name: "<architecture>@<weights version>", recorded in results as the encoder version.
+        retrieval_projection: for a full CLIP checkpoint, its ``visual_projection`` (pooled ->
+            joint image-text space, see ``retrieval_embedding``); None otherwise.
     """
 
     def __init__(
@@ -135,9 +144,11 @@ class ImageBackbone(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         resize_mode: str = "bicubic",
+        retrieval_projection: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.body = body
+        self.retrieval_projection = retrieval_projection
         self.name = name
         self.input_size: tuple[int, int] = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         # mean/std are on the 0..255 scale.
@@ -170,6 +181,17 @@ class ImageBackbone(nn.Module):
     def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.body(pixels)[1]
 
+    @property
+    def has_retrieval_projection(self) -> bool:
+        return self.retrieval_projection is not None
+
+    def retrieval_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled feature -> the checkpoint's own image-text space, L2-normalised (real CLIP only;
+        the offline default uses ``AlignedImageEncoder`` instead)."""
+        if self.retrieval_projection is None:
+            raise RuntimeError(f"{self.name} has no image-text projection; use an AlignedImageEncoder")
+        return F.normalize(self.retrieval_projection(pooled), p=2, dim=-1)
+
     def preprocess(
         self, images: Sequence[np.ndarray] | np.ndarray, device: str | torch.device | None = None
     ) -> torch.Tensor:
@@ -196,7 +218,9 @@ class ImageBackbone(nn.Module):
                 arr = np.repeat(arr, 3, axis=2)
             if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
                 raise ValueError(f"image {i}: expected H x W x 3 RGB, got shape {arr.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0).float()
+            if not arr.flags.writeable or not arr.flags.c_contiguous:
+                arr = np.array(arr, copy=True, order="C")  # torch.from_numpy wants a writable buffer
+            x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float()
             if tuple(x.shape[-2:]) != self.input_size:
                 x = F.interpolate(x, size=self.input_size, mode=self.resize_mode, align_corners=False, antialias=True)
                 x = x.clamp_(0.0, 255.0)
@@ -327,7 +351,7 @@ def hf_image_backbone(
     spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None
 ) -> ImageBackbone:
     """A Hugging Face id or local folder: CLIP (vision tower), ResNet, or any 4-D-map AutoModel."""
-    from transformers import AutoConfig, AutoModel, CLIPVisionModel, ResNetModel
+    from transformers import AutoConfig, AutoModel, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection, ResNetModel
 
     kw = _hf_kwargs(local_files_only)
     try:
@@ -339,10 +363,21 @@ def hf_image_backbone(
             f"(local_files_only={kw['local_files_only']}): {exc}"
         ) from exc
     model_type = getattr(config, "model_type", "")
+    projection: nn.Module | None = None
     if model_type in {"clip", "clip_vision_model"}:
-        model = CLIPVisionModel.from_pretrained(spec, **kw)
-        vcfg = model.config
-        size = int(vcfg.image_size)
+        archs = getattr(config, "architectures", None) or []
+        if model_type == "clip":  # full CLIP: keep the vision tower and its projection
+            full = CLIPModel.from_pretrained(spec, **kw)
+            model, projection = full.vision_model, full.visual_projection
+            size = int(full.config.vision_config.image_size)
+            del full
+        elif any("WithProjection" in a for a in archs):
+            full = CLIPVisionModelWithProjection.from_pretrained(spec, **kw)
+            model, projection, size = full.vision_model, full.visual_projection, int(full.config.image_size)
+            del full
+        else:
+            model = CLIPVisionModel.from_pretrained(spec, **kw)
+            size = int(model.config.image_size)
         mean, std, kind = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), "clip"
     elif model_type == "resnet":
         model = ResNetModel.from_pretrained(spec, **kw)
@@ -368,6 +403,7 @@ def hf_image_backbone(
         input_size=size,
         mean=[m * 255.0 for m in mean],
         std=[s * 255.0 for s in std],
+        retrieval_projection=projection,
     )
     backbone.requires_grad_(False)
     return backbone.to(_as_device(device)).eval()
@@ -389,16 +425,16 @@ def load_image_backbone(spec: str, device: str | torch.device | None = None, *, 
 # --------------------------------------------------------------------------------------------
 
 
-class TextEncoder(nn.Module):
-    """Sentence encoder: transformer -> masked mean pooling -> L2 normalisation."""
+class _SentenceEmbedder(nn.Module):
+    """Tokenise + batched ``encode``; subclasses define ``forward(input_ids, attention_mask)``."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, max_length: int = 256) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, dim: int, max_length: int) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.max_length = int(max_length)
-        self.dim: int = int(model.config.hidden_size)
+        self.dim = int(dim)
         self.eval()
 
     @property
@@ -409,14 +445,6 @@ class TextEncoder(nn.Module):
         return self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids -> normalised sentence embeddings ``[B, dim]``."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        summed = (hidden * mask).sum(dim=1)
-        pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=-1)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str] | str, batch_size: int = 64, *, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
@@ -441,6 +469,35 @@ class TextEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dim={self.dim}, max_length={self.max_length}"
+
+
+class TextEncoder(_SentenceEmbedder):
+    """Sentence encoder: transformer -> masked mean pooling -> L2 normalisation."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, max_length: int = 256) -> None:
+        super().__init__(model, tokenizer, name=name, dim=int(model.config.hidden_size), max_length=max_length)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids -> normalised sentence embeddings ``[B, dim]``."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1)
+        pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=-1)
+
+
+class ClipTextEmbedder(_SentenceEmbedder):
+    """CLIP text tower + ``text_projection``: texts -> the CLIP image-text space, L2-normalised.
+
+    The *retrieval-space* encoder of a CLIP index (``SentenceDatabase`` embeddings), next to a
+    separate ``TextEncoder`` (e.g. BERT) for the features the fusion head consumes.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, max_length: int = 77) -> None:
+        super().__init__(model, tokenizer, name=name, dim=int(model.config.projection_dim), max_length=max_length)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), p=2, dim=-1)
 
 
 def _text_max_length(model: nn.Module, tokenizer: Any, default: int = 512) -> int:
@@ -496,6 +553,27 @@ def hf_text_encoder(spec: str, device: str | torch.device | None = None, *, loca
 
         model = CLIPTextModel.from_pretrained(spec, **kw)
     enc = TextEncoder(model, tokenizer, name=str(spec), max_length=_text_max_length(model, tokenizer))
+    enc.requires_grad_(False)
+    return enc.to(_as_device(device)).eval()
+
+
+def load_clip_text_embedder(spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None) -> ClipTextEmbedder:
+    """A full CLIP checkpoint (Hugging Face id or local folder) -> its text side in the joint space."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    kw = _hf_kwargs(local_files_only)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, **kw)
+        model = CLIPModel.from_pretrained(spec, **kw)
+    except (OSError, ValueError) as exc:
+        raise EncoderNotFoundError(
+            f"CLIP checkpoint {spec!r} not found as a local folder or in the local Hugging Face cache "
+            f"(local_files_only={kw['local_files_only']}): {exc}"
+        ) from exc
+    model.vision_model = None  # text side only
+    model.visual_projection = None
+    limit = min(int(model.config.text_config.max_position_embeddings), _text_max_length(model.text_model, tokenizer))
+    enc = ClipTextEmbedder(model, tokenizer, name=f"{spec}#text", max_length=limit)
     enc.requires_grad_(False)
     return enc.to(_as_device(device)).eval()
 

@@ -81,7 +81,8 @@ guilt    dropped     self-conscious emotion; no Mikels counterpart
 Cleaning (corpora only; the seed is used as written): ISEAR's line-break marker ``á`` is removed,
 its backslash-quotes restored and a ``|`` inside a situation rejoined; whitespace collapsed;
 rows with fewer than 3 or more than 80 words are dropped, and ISEAR non-answers ("[ No
-response.]", "I do not remember"); duplicates (case/space-insensitive) are kept once, and a text
+response.]", "I do not remember", "As in sadness ..."); duplicates (ignoring case, punctuation and
+spacing) are kept once, and a text
 that appears with two different Mikels emotions is dropped entirely.
 """
 
@@ -290,7 +291,8 @@ _WS = re.compile(r"\s+")
 _NON_ANSWER = re.compile(
     r"no response|no answer|not applicable|(does not|doesn't) apply"
     r"|(do not|don't|dont|can ?not|can't|cannot|could not|couldn't) (remember|recall)"
-    r"|^(same as|as for|see)\b.{0,20}$|^(nothing|none|blank|never|n/?a)\W*$",
+    r"|^(same as|as for|see)\b.{0,20}$|^(nothing|none|blank|never|n/?a)\W*$"
+    r"|^(same as|as in|as for|see|cf\.?)\s+(in\s+)?(the\s+)?(anger|disgust|fear|sadness|joy|shame|guilt|above|previous)\b",
     re.IGNORECASE,
 )
 
@@ -386,12 +388,20 @@ def load_corpus(name: str, data_dir: str | Path | None = None) -> list[Sentence]
     raise ValueError(f"unknown corpus {name!r}; choose from {', '.join(CORPORA)}")
 
 
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+def _dedupe_key(text: str) -> str:
+    return _normalise_ws(_PUNCT.sub(" ", text.casefold()))
+
+
 def dedupe_sentences(sentences: Iterable[Sentence]) -> list[Sentence]:
-    """Keep the first copy of each text (case/space-insensitive); drop texts labelled two ways."""
+    """Keep the first copy of each text (ignoring case, punctuation and spacing: "What a good
+    pupper" == "what a good pupper!"); drop texts labelled with two different emotions."""
     first: dict[str, Sentence] = {}
     conflicted: set[str] = set()
     for s in sentences:
-        key = _normalise_ws(s.text).casefold()
+        key = _dedupe_key(s.text)
         prev = first.get(key)
         if prev is None:
             first[key] = s
@@ -797,12 +807,14 @@ def _encode(encoder: _Encoder, texts: Sequence[str], batch_size: int, progress: 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(texts), desc=f"encoding {what} ({encoder.name})", unit="sent")
+    # Chunks of similar length (globally sorted) keep padding low; rows go back to input order.
+    order = np.argsort([-len(t) for t in texts], kind="stable")
     try:
         for start in range(0, len(texts), chunk):
-            part = texts[start : start + chunk]
-            out[start : start + len(part)] = np.asarray(encoder.encode(part, batch_size=batch_size), dtype=np.float32)
+            idx = order[start : start + chunk]
+            out[idx] = np.asarray(encoder.encode([texts[i] for i in idx], batch_size=batch_size), dtype=np.float32)
             if bar is not None:
-                bar.update(len(part))
+                bar.update(len(idx))
     finally:
         if bar is not None:
             bar.close()

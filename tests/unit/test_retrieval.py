@@ -151,6 +151,7 @@ def _write_isear(root: Path) -> None:
         f"{pre}|shame|3|2|k3|When I forgot my friend's birthday party completely.|1|",
         f"{pre}|anger|3|2|k4|[ No response.]|1|",
         f"{pre}|sadness|3|2|k5|I do not remember such a situation.|1|",
+        f"{pre}|anger|3|2|k7|As in sadness (A), relating to this slaughter.|1|",
         f"{pre}|disgust|3|2|k6|Seeing someone spit on the floor of the bus.|1|",
     ]
     t = root / "text"
@@ -192,7 +193,7 @@ def test_missing_corpus_files_are_named(tmp_path):
 def test_dedupe_and_cap():
     s = [
         Sentence("A dog barks", "anger", "x"),
-        Sentence("a  dog barks", "anger", "y"),  # duplicate, same label: first kept
+        Sentence("a  dog barks!", "anger", "y"),  # duplicate, same label: first kept
         Sentence("Rain again", "sadness", "x"),
         Sentence("rain again", "contentment", "y"),  # conflicting labels: both dropped
         Sentence("Sun", "contentment", "x"),
@@ -382,3 +383,49 @@ def test_cli_build_info_and_missing_data(tmp_path):
     assert res.exit_code == 2
     assert "isear.csv" in res.output and "--data-dir" in res.output
     assert runner.invoke(app, ["info", str(tmp_path)]).exit_code == 2
+
+
+def test_clip_space_index_with_bert_features(tmp_path, monkeypatch, enc):
+    """Real-CLIP layout with a tiny local CLIP checkpoint: CLIP text embeddings index the sentences,
+    BERT-like features ride along, and an image is queried through CLIP's visual projection."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import CLIPConfig, CLIPModel
+
+    from models.encoders import load_clip_text_embedder, load_image_backbone
+
+    tok = enc.tokenizer
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=32, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+                         eos_token_id=tok.sep_token_id),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        projection_dim=8,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path / "clip"
+    CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+    clip_text = load_clip_text_embedder(str(folder))
+    clip_image = load_image_backbone(str(folder))
+    assert clip_text.dim == 8 and clip_image.has_retrieval_projection
+    sentences = load_seed_sentences()[::10]
+    db = SentenceDatabase.from_sentences(sentences, enc, embedding_encoder=clip_text)
+    assert not db.shared_embeddings and db.embedding_dim == 8 and db.feature_dim == enc.dim
+    assert db.embedding_encoder == clip_text.name and db.text_encoder == enc.name
+    np.testing.assert_allclose(db.features, enc.encode([s.text for s in sentences]), atol=1e-5)
+
+    image = np.random.default_rng(0).integers(0, 256, size=(50, 40, 3), dtype=np.uint8)
+    with torch.no_grad():
+        _, pooled = clip_image(clip_image.preprocess([image]))
+        query = clip_image.retrieval_embedding(pooled)
+    r = db.retrieve(query, k=3)
+    assert r.features.shape == (1, 3, enc.dim)
+    exact = np.argsort(-(db.embeddings @ query.numpy()[0]))[:3]
+    np.testing.assert_array_equal(r.ids[0], exact)
+    db.save(tmp_path / "clip-index")
+    m = read_manifest(tmp_path / "clip-index")
+    assert m["embedding_encoder"] == {"name": clip_text.name, "dim": 8, "shared_with_features": False}
+    with pytest.raises(IndexMismatchError, match="space"):
+        open_database(tmp_path / "clip-index", enc, embedding_encoder_name="something-else")
+    assert len(open_database(tmp_path / "clip-index", enc, embedding_encoder_name=clip_text.name)) == len(sentences)
