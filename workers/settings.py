@@ -19,65 +19,66 @@ class Settings(BaseSettings):
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
-    posts_topic: str = "posts"
-    results_topic: str = "post-sentiment"
-    dlq_topic: str = "posts.dlq"
-    alerts_topic: str = "alerts"
-    consumer_group: str = "moodwatch-analyzer"
-    kafka_session_timeout_ms: int = 10_000
-    kafka_max_poll_interval_ms: int = 300_000
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    posts_topic: str = Field("posts", description="input topic of PostV1 JSON (key = post_id)")
+    results_topic: str = Field("post-sentiment", description="output topic of AnalysisResultV1 JSON (key = post_id)")
+    dlq_topic: str = Field("posts.dlq", description="dead-letter topic: original bytes + error headers")
+    alerts_topic: str = Field("alerts", description="AlertV1 JSON from the aggregator")
+    consumer_group: str = Field("moodwatch-analyzer", description="consumer group of the analyzer workers")
+    kafka_session_timeout_ms: int = Field(10_000, description="group session timeout; a join takes about half of it")
+    kafka_max_poll_interval_ms: int = Field(300_000, description="max time between polls before the group evicts the worker")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol")
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret: env or secret file, never logged)")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS")
 
     # Micro-batching
-    batch_max_posts: int = Field(32, ge=1, le=4096)
-    batch_max_wait_ms: int = Field(500, ge=1)
-    fetch_workers: int = Field(8, ge=1, le=256)
+    batch_max_posts: int = Field(32, ge=1, le=4096, description="micro-batch size: posts per analysis batch")
+    batch_max_wait_ms: int = Field(500, ge=1, description="max wait after the first post before a partial batch runs")
+    fetch_workers: int = Field(8, ge=1, le=256, description="threads fetching/decoding the images of a batch")
 
     # Elasticsearch (or any store speaking its API)
-    es_url: str = "http://127.0.0.1:9200"
-    es_username: str | None = None
-    es_password: SecretStr | None = None
-    es_api_key: SecretStr | None = None
-    es_ca_certs: Path | None = None
-    es_results_index: str = "moodwatch-results"
-    es_alerts_index: str = "moodwatch-alerts"
-    es_request_timeout_s: float = 30.0
+    es_url: str = Field("http://127.0.0.1:9200", description="Elasticsearch (8.x API) URL")
+    es_username: str | None = Field(None, description="basic-auth user")
+    es_password: SecretStr | None = Field(None, description="basic-auth password (secret)")
+    es_api_key: SecretStr | None = Field(None, description="API key instead of basic auth (secret)")
+    es_ca_certs: Path | None = Field(None, description="CA bundle for Elasticsearch TLS")
+    es_results_index: str = Field("moodwatch-results", description="index of AnalysisResultV1 documents (_id = post_id)")
+    es_alerts_index: str = Field("moodwatch-alerts", description="index of AlertV1 documents (_id = alert_id)")
+    es_request_timeout_s: float = Field(30.0, description="per-request timeout")
     store_retry_max_s: float = Field(600.0, description="give up retrying a failing store write after this long")
 
     # Images
-    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    image_max_pixels: int = Field(40_000_000, ge=1)
-    image_fetch_timeout_s: float = Field(5.0, gt=0, le=60)
+    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image accepted, in bytes")
+    image_max_pixels: int = Field(40_000_000, ge=1, description="largest width*height decoded (bomb guard)")
+    image_fetch_timeout_s: float = Field(5.0, gt=0, le=60, description="total deadline for fetching one image URL")
     image_formats: str = Field("JPEG,PNG,GIF,WEBP,BMP", description="decoders allowed (TIFF is off: large attack surface)")
     image_allowed_hosts: str = Field("*", description="comma-separated host allowlist for image URLs; * = any public host")
     image_allow_private_addresses: bool = Field(False, description="tests only: allow loopback/private URL targets")
     image_local_root: Path | None = Field(None, description="if set, image.path must lie under this folder; unset = local paths refused")
 
     # Analyzer
-    backend: Literal["local", "triton"] = "local"
-    device: str = "cpu"
-    artifacts_dir: Path = PROJECT_ROOT / "artifacts"
-    heads_path: Path = PROJECT_ROOT / "models" / "weights" / "heads.pt"
+    backend: Literal["local", "triton"] = Field("local", description="where the models run: in-process torch or Triton")
+    device: str = Field("cpu", description="torch device of the local backend")
+    artifacts_dir: Path = Field(PROJECT_ROOT / "artifacts", description="build outputs: caches, indexes, trained heads")
+    heads_path: Path = Field(PROJECT_ROOT / "models" / "weights" / "heads.pt", description="trained heads checkpoint")
     index_dir: Path | None = Field(None, description="retrieval index folder; default: built from the shipped sentences")
     image_encoder: str = Field("efficientnet-lite0", description="'efficientnet-lite0' or a Hugging Face id / local path")
     text_encoder: str = Field("all-MiniLM-L6-v2", description="'all-MiniLM-L6-v2' or a Hugging Face id / local path")
-    retrieval_k: int = Field(3, ge=1, le=20)
-    regions_top_k: int = Field(8, ge=0, le=64)
-    regions_enabled: bool = True
+    retrieval_k: int = Field(3, ge=1, le=20, description="evidence sentences retrieved per image (MIRA k)")
+    regions_top_k: int = Field(8, ge=0, le=64, description="affective regions kept per image (K)")
+    regions_enabled: bool = Field(True, description="compute affective regions (proposals cost ~0.3 s per image)")
 
     # Triton
-    triton_url: str = "127.0.0.1:8001"
-    triton_model: str = "moodwatch"
-    triton_timeout_s: float = 30.0
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint")
+    triton_model: str = Field("moodwatch", description="top-level Triton model the worker calls")
+    triton_timeout_s: float = Field(30.0, description="per-request timeout to Triton")
 
     # Observability
     metrics_port: int = Field(9464, description="Prometheus metrics + health on this port; 0 = off")
-    metrics_host: str = "127.0.0.1"
-    log_level: str = "INFO"
+    metrics_host: str = Field("127.0.0.1", description="bind address of metrics/health (0.0.0.0 in a pod)")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a TTY")
 
 

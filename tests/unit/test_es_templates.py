@@ -130,7 +130,7 @@ TEXT = st.text(max_size=200)
 
 IMAGE = st.one_of(
     st.builds(ImageRef, url=st.text(min_size=1, max_size=100)),
-    st.builds(ImageRef, b64=st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode())),
+    st.builds(ImageRef, b64=st.binary(min_size=1, max_size=64).map(lambda b: base64.b64encode(b).decode())),
     st.builds(ImageRef, path=st.text(min_size=1, max_size=100)),
 )
 
