@@ -98,7 +98,7 @@ def select_regions(
     if candidates is None or len(candidates.boxes) == 0 or dists.shape[0] == 0:
         return [], empty
     senti = senti_score(dists)
-    objectness = torch.as_tensor(candidates.objectness, dtype=dists.dtype)
+    objectness = torch.as_tensor(candidates.objectness, dtype=dists.dtype, device=dists.device)
     scores = ar_score(objectness, senti, alpha=options.region_alpha)
     top = top_k_regions(scores, k=options.regions_top_k)
     regions = []

@@ -17,7 +17,7 @@ retrieval          heads.pt (the aligner), index/ (the retrieval index folder as
 heads              heads.pt
 regions            heads.pt (the region scorer), backbone.json (geometry); warmup/ sample boxes
 moodwatch          (ensemble; empty version folder; contract + versions as config parameters)
-moodwatch_fused    backbone.json, backbone.pt, heads.pt, index/
+moodwatch_fused    backbone.json, backbone.pt, heads.pt, index/ (only when asked for: ``models=``)
 =================  =============================================================================
 
 plus ``moodwatch_serving.py`` (request handling) next to each model.py, and ``export.json`` at
@@ -54,12 +54,17 @@ from pipelines.regions import RegionSettings
 from pipelines.retrieval import IndexMismatchError, SentenceDatabase
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = PROJECT_ROOT / "triton_repo"
+# The templates ship with the source tree (not inside a Python package): run the export from a
+# checkout / editable install, or point MOODWATCH_TRITON_TEMPLATES at a copy of triton_repo/.
+TEMPLATES_DIR = Path(os.environ.get("MOODWATCH_TRITON_TEMPLATES") or PROJECT_ROOT / "triton_repo")
 SHARED_FILE = "moodwatch_serving.py"
 ENSEMBLE = "moodwatch"
 FUSED = "moodwatch_fused"
 STAGE_MODELS = ("backbone", "retrieval", "heads", "regions")
 ALL_MODELS = (*STAGE_MODELS, ENSEMBLE, FUSED)
+# What a deployment needs: the ensemble and its steps. The fused variant duplicates the backbone
+# (memory, load time) and is exported on request (`--model moodwatch_fused`, the bench does).
+DEFAULT_MODELS = (*STAGE_MODELS, ENSEMBLE)
 KINDS = ("cpu", "gpu")
 
 # What each model needs in its version folder.
@@ -148,7 +153,14 @@ def export_repository(
     selected = _select_models(models)
     profile = PROFILES[kind]
     templates = Path(templates)
+    if not (templates / "_shared" / SHARED_FILE).is_file():
+        raise ExportError(
+            f"no model repository templates at {templates} (expected the project's triton_repo/ folder); run the "
+            f"export from a source checkout or set MOODWATCH_TRITON_TEMPLATES"
+        )
     out_repo = Path(out_repo).resolve()
+    if out_repo == templates.resolve():
+        raise ExportError(f"{out_repo} holds the templates; export to another folder (e.g. artifacts/triton_repo)")
 
     heads_file, heads = _heads(heads_path)
     database = _database(index_dir)
@@ -229,7 +241,7 @@ def export_repository(
 
 
 def _select_models(models: Iterable[str] | None) -> list[str]:
-    selected = list(dict.fromkeys(models)) if models is not None else list(ALL_MODELS)
+    selected = list(dict.fromkeys(models)) if models is not None else list(DEFAULT_MODELS)
     unknown = [m for m in selected if m not in ALL_MODELS]
     if unknown:
         raise ExportError(f"unknown models {unknown}; choose from {ALL_MODELS}")

@@ -56,7 +56,7 @@ def export(
     image_encoder: Optional[str] = typer.Option(None, "--image-encoder", help="backbone spec (default: MOODWATCH_IMAGE_ENCODER)"),
     retrieval_k: Optional[int] = typer.Option(None, "--retrieval-k", min=1, help="sentences retrieved per image (default: MOODWATCH_RETRIEVAL_K)"),
     max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", min=1, help="default: 32 (cpu) / 64 (gpu)"),
-    model: Optional[list[str]] = typer.Option(None, "--model", help="export only these models (repeatable; default: all)"),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the one-model variant)"),
 ) -> None:
     """Write a servable Triton model repository: rendered configs, weights, index."""
     from pipelines.checkpoints import DEFAULT_HEADS, CheckpointError

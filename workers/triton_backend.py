@@ -112,6 +112,7 @@ class TritonAnalyzer:
         self._proposals = ThreadPoolExecutor(analyzer_options.proposal_threads, thread_name_prefix="proposals")
         self._requests = ThreadPoolExecutor(max(1, options.parallel_requests), thread_name_prefix="triton")
         self._closed = False
+        self.last_stage_seconds: dict[str, float] = {}  # client-side timings of the last analyze() (bench, logs)
 
     @classmethod
     def from_settings(cls, settings: Any, *, connect: bool = True) -> "TritonAnalyzer":
@@ -150,6 +151,7 @@ class TritonAnalyzer:
         if not images:
             return []
         images = list(images)
+        started = time.perf_counter()
         contract = self.connect()
         opts = self.analyzer_options
         want_regions = opts.regions_enabled and opts.regions_top_k > 0
@@ -160,8 +162,10 @@ class TritonAnalyzer:
             for fut in pending:
                 fut.cancel()
             raise AnalysisFailed(f"cannot preprocess image: {exc}") from exc
+        resized = time.perf_counter()
         candidates: list[RegionCandidates | None] = [fut.result() for fut in pending] if want_regions else [None] * len(images)
         candidates = [_cap(c, contract.max_regions) for c in candidates]
+        proposed = time.perf_counter()
 
         n = len(images)
         boxes = np.zeros((n, contract.max_regions, 4), dtype=np.float32)
@@ -173,6 +177,7 @@ class TritonAnalyzer:
                 boxes[i, : len(cand.boxes)] = cand.boxes
                 counts[i, 0] = len(cand.boxes)
         outputs = self._infer_batch(contract, {"PIXELS": pixels, "BOXES": boxes, "BOX_COUNT": counts, "IMAGE_SIZE": sizes})
+        answered = time.perf_counter()
 
         results = []
         for i, image in enumerate(images):
@@ -187,6 +192,12 @@ class TritonAnalyzer:
                     dists, candidates[i], evidence, outputs["RETRIEVAL_SCORES"][i], width, height, opts,
                 )
             )
+        self.last_stage_seconds = {
+            "resize": resized - started,  # proposals run meanwhile in the pool
+            "proposals_wait": proposed - resized,
+            "triton_request": answered - proposed,
+            "compose": time.perf_counter() - answered,
+        }
         return results
 
     def ready(self) -> bool:

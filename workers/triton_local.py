@@ -209,22 +209,25 @@ def start_local_triton(
     repo_dir: str | os.PathLike[str] | None = None,
     kind: str = "cpu",
     model_control: Literal["none", "explicit"] = "explicit",
+    export: bool = True,
 ) -> Any:
-    """Export the repository from the settings' heads/index/backbone, start tritonserver on it as
-    part of ``stack`` (a LocalStack; stopped with it), and return the settings pointed at it with
-    ``backend="triton"``."""
-    from pipelines.checkpoints import DEFAULT_HEADS
-    from pipelines.export import export_repository
-    from pipelines.retrieval import default_index_dir
-    from workers.backends import load_database
-
+    """Export the repository from the settings' heads/index/backbone (unless ``export=False`` and
+    ``repo_dir`` already holds one), start tritonserver on it as part of ``stack`` (a LocalStack;
+    stopped with it), and return the settings pointed at it with ``backend="triton"``."""
     workdir = Path(getattr(stack, "workdir", None) or Path.cwd() / "artifacts" / "local-triton")
     repo = Path(repo_dir) if repo_dir is not None else workdir / "triton_repo"
-    heads_path = settings.heads_path if Path(settings.heads_path).exists() else DEFAULT_HEADS
-    load_database(settings)  # builds the default seed index on first use
-    index_dir = settings.index_dir or default_index_dir(settings.artifacts_dir)
-    export_repository(heads_path, index_dir, repo, kind, image_encoder=settings.image_encoder,
-                      retrieval_k=settings.retrieval_k)
+    if export:
+        from pipelines.checkpoints import DEFAULT_HEADS
+        from pipelines.export import export_repository
+        from pipelines.retrieval import default_index_dir
+        from workers.backends import load_database
+
+        heads_path = settings.heads_path if Path(settings.heads_path).exists() else DEFAULT_HEADS
+        if settings.index_dir is None:
+            load_database(settings)  # builds the default seed index on first use
+        index_dir = settings.index_dir or default_index_dir(settings.artifacts_dir)
+        export_repository(heads_path, index_dir, repo, kind, image_encoder=settings.image_encoder,
+                          retrieval_k=settings.retrieval_k)
     server = TritonServer(repo, log_dir=workdir / "logs", host=LOOPBACK, model_control=model_control,
                           load_models=[settings.triton_model] if model_control == "explicit" else ())
     stack.add(server, start=True)

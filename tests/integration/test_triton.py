@@ -44,7 +44,7 @@ from pipelines.checkpoints import load_heads, save_heads  # noqa: E402
 from pipelines.regions import region_candidates  # noqa: E402
 from pipelines.retrieval import SentenceDatabase, load_seed_sentences  # noqa: E402
 from workers.triton_backend import TritonAnalyzer, TritonOptions  # noqa: E402
-from workers.triton_local import TritonServer  # noqa: E402
+from workers.triton_local import TritonServer, start_local_triton  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = "tiny-random:0"
@@ -116,12 +116,17 @@ def exported_repo(tiny_assets) -> Path:
 
 
 @pytest.fixture(scope="module")
-def triton_server(exported_repo, tmp_path_factory):
-    server = TritonServer(exported_repo, log_dir=tmp_path_factory.mktemp("triton-logs"),
-                          model_control="explicit", load_models=["moodwatch"])
-    server.start()
+def triton_server(exported_repo, local_stack, tiny_assets):
+    """tritonserver as `moodwatch demo --triton` starts it (start_local_triton: explicit model
+    control, the configured model loaded, added to the local stack), on the CLI-exported repository."""
+    settings = local_stack.settings(heads_path=tiny_assets["heads"], index_dir=tiny_assets["index"], image_encoder=BACKBONE)
+    settings = start_local_triton(local_stack, settings, repo_dir=exported_repo, export=False)
+    server = local_stack.extra[-1]
+    assert isinstance(server, TritonServer) and server.running and server.load_models == ["moodwatch"]
+    assert settings.backend == "triton" and settings.triton_url == server.grpc_url
     yield server
     server.stop()
+    local_stack.extra.remove(server)  # the stack is shared by the session
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +172,12 @@ def _assert_same(local, remote) -> None:
 def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets, tmp_path):
     from pipelines.export import export_repository
 
-    cpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "cpu", "cpu", image_encoder=BACKBONE)
-    gpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "gpu", "gpu", image_encoder=BACKBONE)
+    from pipelines.export import ALL_MODELS
+
+    cpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "cpu", "cpu", image_encoder=BACKBONE,
+                            models=ALL_MODELS)
+    gpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "gpu", "gpu", image_encoder=BACKBONE,
+                            models=ALL_MODELS)
     assert cpu.models == gpu.models == ["backbone", "retrieval", "heads", "regions", "moodwatch", "moodwatch_fused"]
     for name in cpu.models:
         c = text_format.Parse((tmp_path / "cpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
