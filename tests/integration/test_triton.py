@@ -46,6 +46,8 @@ from pipelines.retrieval import SentenceDatabase, load_seed_sentences  # noqa: E
 from workers.triton_backend import TritonAnalyzer, TritonOptions  # noqa: E402
 from workers.triton_local import TritonServer, start_local_triton  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = "tiny-random:0"
 OPTIONS = AnalyzerOptions(proposal_threads=1)
