@@ -33,7 +33,7 @@ POLARITY_CLASSES = ("positive", "negative")
 class HeadsConfig:
     image_dim: int = 1280
     text_dim: int = 384
-    hidden_dim: int = 256
+    hidden_dim: int = 128
     mira_mode: str = "full"
     retrieval_k: int = 3
     region_beta: float = 0.3

@@ -18,8 +18,10 @@ Boxes are (x0, y0, x1, y1) floats, x1/y1 exclusive (width = x1 - x0), as in ``sc
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import threading
 from typing import Any, Literal, Sequence
 
 import cv2
@@ -111,7 +113,21 @@ def _edge_boxes(small_rgb: np.ndarray, edge_model: Any, max_boxes: int, min_box_
     return rects, scores
 
 
+# OpenCV's selective search draws from libc rand(), so the same image gives its boxes in a
+# different order from call to call (and rank is our objectness). Seeding rand() right before each
+# search makes it deterministic; the lock keeps concurrent searches from sharing the sequence.
+_LIBC = ctypes.CDLL(None)
+_RAND_LOCK = threading.Lock()
+SELECTIVE_SEARCH_SEED = 12345
+
+
 def _selective_search(small_rgb: np.ndarray, mode: str, max_boxes: int):
+    with _RAND_LOCK:
+        _LIBC.srand(SELECTIVE_SEARCH_SEED)
+        return _selective_search_unlocked(small_rgb, mode, max_boxes)
+
+
+def _selective_search_unlocked(small_rgb: np.ndarray, mode: str, max_boxes: int):
     search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(cv2.cvtColor(small_rgb, cv2.COLOR_RGB2BGR))
     if mode == "fast":

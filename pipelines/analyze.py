@@ -165,7 +165,7 @@ def analyzer_versions(backend: str, image_encoder: str, heads: MoodHeads, databa
         analyzer=ANALYZER_VERSION,
         backend=backend,  # type: ignore[arg-type]
         image_encoder=image_encoder,
-        text_encoder=str(database.manifest().get("text_encoder", "unknown")),
+        text_encoder=_encoder_name(database.manifest().get("text_encoder")),
         heads=heads_version(heads),
         index=database.version,
     )
@@ -228,6 +228,10 @@ class LocalAnalyzer:
         text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
         polarity, emotions = heads_stage(self.heads, feat_map, pooled, text_feats)
         return GlobalOutputs(polarity, emotions, retrieval.scores, retrieval.ids)
+
+
+def _encoder_name(entry: Any) -> str:
+    return str(entry.get("name", "unknown")) if isinstance(entry, dict) else str(entry or "unknown")
 
 
 def _unit(value) -> float:

@@ -74,7 +74,7 @@ def evaluate_fold(train: FeatureCache, test: FeatureCache, db: SentenceDatabase,
     result.recall = aligner_recall(full, test)
     for row, mode, k in ((ROWS[1], "image_only", None), (ROWS[2], "concat", None), (ROWS[3], "full", 1)):
         progress(f"fold {fold}: {row}")
-        heads, _ = train_heads(train, db, with_mode(cfg, mode, k), aligner_from=full)
+        heads, _ = train_heads(train, db, with_mode(cfg, mode, k), base=full)
         record(row, mira_probs(heads, db, test)[:, 0])
     global_probs = mira_probs(full, db, test)
     record(ROWS[4], global_probs[:, 0])

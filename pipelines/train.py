@@ -31,10 +31,10 @@ from pipelines.retrieval import SentenceDatabase
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    epochs: int = 40
-    align_epochs: int = 60
+    epochs: int = 15
+    align_epochs: int = 40
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     lam: float = 0.7
     target_k: int = 10
@@ -212,16 +212,22 @@ def mira_probs(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> t
 
 
 def train_heads(cache: FeatureCache, db: SentenceDatabase, cfg: TrainConfig = TrainConfig(),
-                aligner_from: MoodHeads | None = None) -> tuple[MoodHeads, dict]:
-    """Fit every head; returns the heads and the loss history. `aligner_from` reuses a trained aligner."""
+                base: MoodHeads | None = None) -> tuple[MoodHeads, dict]:
+    """Fit every head; returns the heads and the loss history.
+
+    With `base` (an ablation of an already trained model), the aligner, distribution head and
+    region scorer are copied from it and only the MIRA head is trained.
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     heads = MoodHeads(cfg.heads)
     history: dict[str, list[float]] = {}
-    if aligner_from is not None:
-        heads.aligner.load_state_dict(aligner_from.aligner.state_dict())
-    else:
-        history["aligner"] = train_aligner(heads, cache, cfg, rng)
+    if base is not None:
+        for name in ("aligner", "distribution", "region_scorer"):
+            getattr(heads, name).load_state_dict(getattr(base, name).state_dict())
+        history["mira"] = train_mira(heads, db, cache, cfg, rng)
+        return heads.eval(), history
+    history["aligner"] = train_aligner(heads, cache, cfg, rng)
     targets = emotion_targets(heads, db, cache, cfg)
     history["mira"] = train_mira(heads, db, cache, cfg, rng)
     history["distribution"] = train_distribution(heads, cache, targets, cfg, rng)

@@ -51,7 +51,7 @@ def train(
     index: Optional[Path] = typer.Option(None, help="retrieval index folder (default: the shipped seed index)"),
     out: Path = typer.Option(Path("artifacts/heads/heads.pt"), help="checkpoint path (model card written beside it)"),
     seed: int = typer.Option(0),
-    epochs: int = typer.Option(40),
+    epochs: int = typer.Option(15),
     regions: bool = typer.Option(True, help="compute region proposals for the region scorer (slow the first time)"),
 ) -> None:
     """Train the aligned encoder, MIRA head, distribution head and region scorer; write a checkpoint + model card."""
@@ -96,7 +96,7 @@ def eval_twitter1(
     folds: int = typer.Option(5),
     index: Optional[Path] = typer.Option(None, help="retrieval index folder (default: the shipped seed index)"),
     seed: int = typer.Option(0),
-    epochs: int = typer.Option(40),
+    epochs: int = typer.Option(15),
     regions: bool = typer.Option(True, help="evaluate the AR fusion rows (needs region proposals; slow the first time)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
 ) -> None:

@@ -24,7 +24,7 @@ def produce_demo_posts(settings: Settings, count: int) -> tuple[int, int]:
 
     producer = make_producer(settings)
     valid = 0
-    for post_id, value in sample_posts(count):
+    for post_id, value in sample_posts(count, image_dir=settings.image_local_root):
         producer.send(settings.posts_topic, key=post_id.encode(), value=value)
         valid += 1
     poison = poison_posts()
@@ -77,7 +77,8 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
         settings = stack.settings(**{
             k: v for k, v in settings.model_dump().items()
             if k not in ("kafka_bootstrap", "es_url") and v is not None
-        } | {"metrics_port": 0, "consumer_group": f"moodwatch-demo-{int(time.time())}"})
+        } | {"metrics_port": 0, "consumer_group": f"moodwatch-demo-{int(time.time())}",
+             "image_local_root": workdir / "images"})
         if triton:
             from workers.triton_local import start_local_triton
 
@@ -121,10 +122,13 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
         )
         ok = processed == valid and dead == poison
         if serve:
+            from workers.aggregator_settings import AggregatorSettings
             from workers.dashboard import serve_dashboard
 
-            console.print("serving the dashboard; Ctrl-C to stop")
-            serve_dashboard(settings)
+            dashboard_settings = AggregatorSettings(**settings.model_dump(exclude_none=True))
+            console.print(f"serving the dashboard on http://{dashboard_settings.dashboard_host}:"
+                          f"{dashboard_settings.dashboard_port}/ ; Ctrl-C to stop")
+            serve_dashboard(dashboard_settings)
         return 0 if ok else 1
     finally:
         stack.stop()

@@ -9,6 +9,7 @@ import zlib
 import struct
 from datetime import datetime, timedelta, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Iterator
 
 # Photos bundled inside the scikit-image wheel (no download needed).
@@ -61,13 +62,24 @@ def post_json(post_id: str, *, channel: str, image: dict, created_at: datetime, 
     return json.dumps(body).encode()
 
 
-def sample_posts(count: int = 24, start: datetime | None = None) -> Iterator[tuple[str, bytes]]:
-    """(post_id, value) for `count` valid posts cycling over the bundled photos and channels."""
+def sample_posts(count: int = 24, start: datetime | None = None, image_dir: Path | None = None) -> Iterator[tuple[str, bytes]]:
+    """(post_id, value) for `count` valid posts cycling over the bundled photos and channels.
+
+    With `image_dir`, odd posts reference the photo as a local file written there (image.path),
+    which the dashboard can show; even posts carry the bytes inline (image.b64).
+    """
     start = start or datetime.now(timezone.utc) - timedelta(minutes=count)
     for i in range(count):
         name = SAMPLE_PHOTOS[i % len(SAMPLE_PHOTOS)]
         post_id = f"demo-{i:04d}"
-        image = {"b64": base64.b64encode(photo_jpeg(name)).decode()}
+        if image_dir is not None and i % 2:
+            path = Path(image_dir) / (Path(name).stem + (".gif" if name.endswith(".gif") else ".jpg"))
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(photo_jpeg(name))
+            image = {"path": str(path)}
+        else:
+            image = {"b64": base64.b64encode(photo_jpeg(name)).decode()}
         yield post_id, post_json(
             post_id,
             channel=CHANNELS[i % len(CHANNELS)],

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint")
     triton_model: str = Field("moodwatch", description="top-level Triton model the worker calls")
     triton_timeout_s: float = Field(30.0, description="per-request timeout to Triton")
+    triton_connect_timeout_s: float = Field(5.0, gt=0, description="timeout of Triton liveness/readiness/config calls")
+    triton_retry_attempts: int = Field(
+        3, ge=1, le=20, description="tries per Triton request while the server answers UNAVAILABLE (backoff from 0.2 s)")
+    triton_max_request_images: int | None = Field(
+        None, ge=1, description="split micro-batches into requests of at most this many images (default: model max)")
 
     # Observability
     metrics_port: int = Field(9464, description="Prometheus metrics + health on this port; 0 = off")
