@@ -63,14 +63,17 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # The model repository the Triton init container copies, the artifacts folder, and (by default)
 # the seed retrieval index built into it.
+# triton_repo/ holds templates: `moodwatch triton export` renders the servable GPU repository with
+# the shipped heads and the seed index (it must run from the source tree, where the templates are).
 RUN mkdir -p /opt/moodwatch/artifacts \
- && cp -R /src/triton_repo /opt/moodwatch/triton_repo \
  && if [ -d /src/artifacts ]; then cp -R /src/artifacts/. /opt/moodwatch/artifacts/; fi \
  && if [ "${PREBUILD_SEED_INDEX}" = "1" ]; then \
       python -c "from models.encoders import load_text_encoder; \
 from pipelines.retrieval import default_index_dir, ensure_seed_index; \
 ensure_seed_index(default_index_dir('/opt/moodwatch/artifacts'), load_text_encoder('all-MiniLM-L6-v2', 'cpu'))"; \
-    fi
+    fi \
+ && cd /src && MOODWATCH_ARTIFACTS_DIR=/opt/moodwatch/artifacts \
+      python -m workers.cli triton export --repo /opt/moodwatch/triton_repo --kind gpu
 
 # ------------------------------------------------------------------------------------ runtime
 FROM ${PYTHON_IMAGE} AS runtime
