@@ -45,6 +45,10 @@ class AggregatorSettings(Settings):
     aggregator_end_offset_probe_timeout_s: float = Field(
         10.0, gt=0, description="time limit for reading the changelog tails when verifying end offsets"
     )
+    aggregator_batch_max: int = Field(
+        500, ge=1, le=100_000, description="posts aggregated per batch (writes to one key within a batch are coalesced)"
+    )
+    aggregator_batch_wait_s: float = Field(0.25, gt=0, description="longest wait for a batch to fill")
     aggregator_commit_interval_s: float = Field(2.0, gt=0, description="how often consumed offsets are committed")
     aggregator_metrics_port: int | None = Field(
         None,

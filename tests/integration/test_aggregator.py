@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 W = 60
-SPIKE_CHANNEL, SPIKE_WINDOW = "ch-1", 20
+SPIKE_CHANNEL, SPIKE_WINDOW = "channel-1", 20
 SECRET = "webhook-test-secret"
 
 
@@ -46,7 +46,7 @@ def stream(seed: int = 3, channels: int = 3, windows: int = 28, per_window: int 
     rng = random.Random(seed)
     out = []
     for c in range(channels):
-        ch = f"ch-{c}"
+        ch = f"channel-{c}"  # channel-0..2 hash to both by-channel partitions (ch-N would all go to 0)
         for wi in range(windows):
             spiking = ch == SPIKE_CHANNEL and SPIKE_WINDOW <= wi < SPIKE_WINDOW + 3
             for j in range(per_window):
@@ -179,7 +179,8 @@ def wait_for(predicate, timeout: float, what: str, agg: Aggregator):
         if agg.proc.poll() is not None:
             raise AssertionError(f"aggregator exited ({agg.proc.returncode}) waiting for {what}:\n{agg.log_tail()}")
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}:\n{agg.log_tail()}")
+    what = what() if callable(what) else what
+    raise AssertionError(f"timed out waiting for {what}:\n{agg.metrics()}\n{agg.log_tail()}")
 
 
 def trigger_index(settings, results) -> int:
@@ -225,6 +226,30 @@ def check_one_alert(settings, hook):
         assert verify_signature(body, SECRET, headers[SIGNATURE_HEADER])
         assert headers["X-Moodwatch-Alert-Id"] == alert["alert_id"]
     return alert
+
+
+def read_topic(settings, topic: str) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, consumer_timeout_ms=2000)
+    tps = [TopicPartition(topic, p) for p in range(settings.aggregator_partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    out = list(consumer)
+    consumer.close()
+    return out
+
+
+def check_copartitioned(settings):
+    """Every state record of a channel is in the changelog partition of that channel's stream
+    partition (what a second worker's recovery relies on), batches or not."""
+    stream_partition = {}
+    for m in read_topic(settings, f"{settings.aggregator_app_id}-by-channel"):
+        assert stream_partition.setdefault(m.key.decode(), m.partition) == m.partition
+    seen = 0
+    for m in read_topic(settings, f"{settings.aggregator_app_id}-state-changelog"):
+        channel = json.loads(m.key).split("|")[1]
+        assert m.partition == stream_partition[channel], (json.loads(m.key), m.partition)
+        seen += 1
+    assert seen and len(set(stream_partition.values())) == settings.aggregator_partitions, stream_partition
 
 
 def time_of(iso: str) -> float:
@@ -277,12 +302,16 @@ def test_restart_before_the_spike_with_several_partitions(tansu, setup):
         # redeliver a slice (at-least-once upstream): dedup by post_id keeps the counts right
         produce(settings, results[half - 200 : half] + results[half:])
         agg.start()
-        wait_for(lambda: processed(settings) >= len(results) + 200, 120, "phase 2 processed", agg)
+        wait_for(lambda: processed(settings) >= len(results) + 200, 120,
+                 lambda: f"phase 2 processed ({processed(settings)} of {len(results) + 200})", agg)  # fmt: skip
         wait_for(lambda: len(hook.calls) >= 2, 30, "the webhook delivery", agg)
         time.sleep(2.0)
         metrics = agg.metrics()
     finally:
         agg.stop()
     check_one_alert(settings, hook)
+    check_copartitioned(settings)
+    jumps = [ln for ln in metrics.splitlines() if ln.startswith("moodwatch_aggregator_offset_jumps_total")]
+    assert jumps == ["moodwatch_aggregator_offset_jumps_total 0.0"]
     dup = [ln for ln in metrics.splitlines() if ln.startswith('moodwatch_aggregator_observations_total{status="duplicate"}')]
     assert dup and float(dup[0].split()[-1]) == 200

@@ -317,3 +317,21 @@ def test_a_crash_between_alert_and_state_write_re_raises_the_same_alert():
     assert agg.process(obs[i]).status == "duplicate"
     rest = [a for o in obs[i + 1 :] for a in agg.process_and_apply(o).alerts]
     assert rest == []
+
+
+def test_batches_give_the_same_alerts_and_state_with_fewer_writes():
+    obs = stream(9, spike=("ch0", 18, 2, 0.9), duplicates=0.1)
+    one, alerts_one = run(obs)
+    batched = MoodAggregator({}, CFG, now=lambda: datetime(2024, 1, 1, tzinfo=timezone.utc))
+    alerts_batched, writes_one, writes_batched = [], 0, 0
+    for i in range(0, len(obs), 97):
+        result = batched.process_many(obs[i : i + 97])
+        alerts_batched += result.alerts
+        writes_batched += len(result.writes)
+        batched.apply(result)
+    probe = MoodAggregator({}, CFG)
+    for o in obs:
+        writes_one += len(probe.process_and_apply(o).writes)
+    assert [a.alert_id for a in alerts_batched] == [a.alert_id for a in alerts_one] and len(alerts_one) == 1
+    assert batched.store == one.store
+    assert writes_batched * 3 < writes_one
