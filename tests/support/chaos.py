@@ -18,6 +18,8 @@ Environment (besides the MOODWATCH_* settings):
   (documents in Elasticsearch; nothing produced or committed).
 - MOODWATCH_CHAOS_KILL_BEFORE_COMMIT=N: SIGKILL right before the N-th offset commit (documents stored
   and results / dead letters produced; offsets not committed: the re-read re-produces them).
+- MOODWATCH_CHAOS_KAFKA_LOG=INFO: kafka-python's own log level (assignments, rebalances).
+- SIGUSR1 dumps every thread's stack into the worker's log (to diagnose a hang).
 - MOODWATCH_CHAOS_EVENTS: append one JSON line per event to this file ("start", "commit" with the
   committed offsets, "store", "backend_refused", "exit"), flushed at once so a SIGKILL loses none.
 """
@@ -105,7 +107,8 @@ class ChaosStore:
 
 
 class ChaosConsumer:
-    """Wraps the KafkaConsumer: logs every commit, optionally dies right before the N-th one."""
+    """Wraps the KafkaConsumer: logs commits, pause/resume and non-empty polls (with the assignment and
+    the paused partitions at that moment); optionally dies right before the N-th commit."""
 
     def __init__(self, inner: Any, kill_before: int, events: EventLog) -> None:
         self._inner, self._kill_before, self._events, self.commits = inner, kill_before, events, 0
@@ -120,6 +123,22 @@ class ChaosConsumer:
             self._events.emit("commit", n=self.commits,
                               offsets={f"{tp.topic}:{tp.partition}": om.offset for tp, om in offsets.items()})
         return result
+
+    def pause(self, *partitions):
+        self._events.emit("pause", partitions=sorted(tp.partition for tp in partitions))
+        return self._inner.pause(*partitions)
+
+    def resume(self, *partitions):
+        self._events.emit("resume", partitions=sorted(tp.partition for tp in partitions))
+        return self._inner.resume(*partitions)
+
+    def poll(self, *args, **kw):
+        got = self._inner.poll(*args, **kw)
+        if got:
+            self._events.emit("polled", records={tp.partition: [r[0].offset, r[-1].offset] for tp, r in got.items() if r},
+                              assignment=sorted(tp.partition for tp in self._inner.assignment()),
+                              paused=sorted(tp.partition for tp in self._inner.paused()))
+        return got
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -150,6 +169,9 @@ def build_tiny_analyzer() -> Any:
 
 
 def main() -> None:
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: stacks into the log (hangs)
     from workers.health import HealthState, serve_health
     from workers.logs import configure_logging, get_logger
     from workers.runtime import build_worker
@@ -165,6 +187,11 @@ def main() -> None:
     worker = build_worker(settings, analyzer=analyzer, health=health, create_topics=False)
     worker.store = ChaosStore(worker.store, int(os.environ.get("MOODWATCH_CHAOS_KILL_AFTER_STORES", "0")), events)
     worker.consumer = ChaosConsumer(worker.consumer, int(os.environ.get("MOODWATCH_CHAOS_KILL_BEFORE_COMMIT", "0")), events)
+    kafka_level = os.environ.get("MOODWATCH_CHAOS_KAFKA_LOG")
+    if kafka_level:  # configure_logging quiets kafka-python to WARNING; rebalances are logged at INFO
+        import logging
+
+        logging.getLogger("kafka").setLevel(kafka_level.upper())
     worker.install_signal_handlers()
     idle = os.environ.get("MOODWATCH_TEST_IDLE_EXIT_S")
     events.emit("start", metrics=server.url if server is not None else None)

@@ -1,0 +1,328 @@
+"""Outages while the real worker runs: broker restart, store outage, model backend outage.
+
+Each test: a stream (partly produced while the worker runs), an outage in the middle, and at the end
+the full verification (nothing lost, nothing duplicated in Elasticsearch, DLQ exactly once after
+deduplication). For the store and backend outages the broker's committed offsets and the worker's
+own commit log are sampled during the outage: nothing may be committed while the batch in hand
+cannot be stored / analysed. The lag gauge (moodwatch_consumer_lag, scraped from the worker's
+/metrics) is recorded next to the true lag (produced - committed): tansu's end offsets are "start
+of the last batch + 1", so the gauge under-reports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+
+from tests.reliability.conftest import SEED, SOAK
+from tests.reliability.verify import (
+    Paced,
+    all_committed,
+    build_stream,
+    committed_offsets,
+    produce,
+    scrape_metric,
+    verify,
+    wait_until,
+)
+from workers.localstack import LocalStack, NoidaStore, Tansu
+
+
+def lag_gauge(settings) -> float | None:
+    values = scrape_metric(f"http://127.0.0.1:{settings.metrics_port}", "moodwatch_consumer_lag")
+    return sum(values.values()) if values else None
+
+
+def committed_sum(settings) -> int | None:
+    try:
+        return sum(committed_offsets(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic).values())
+    except Exception:  # noqa: BLE001 - broker down
+        return None
+
+
+class Sampler:
+    """Samples (t, committed, true lag, lag gauge, RSS) every `interval` s from the test thread."""
+
+    def __init__(self, settings, worker, paced: Paced | None = None, produced: int = 0):
+        self.settings, self.worker, self.paced, self.produced = settings, worker, paced, produced
+        self.rows: list[dict] = []
+
+    def sample(self) -> dict:
+        committed = committed_sum(self.settings)
+        produced = self.produced + (self.paced.sent if self.paced is not None else 0)
+        row = {"t": time.time(), "committed": committed, "produced": produced,
+               "true_lag": None if committed is None else produced - committed,
+               "gauge": lag_gauge(self.settings), "rss_kb": self.worker.sample_memory().get("VmRSS")}
+        self.rows.append(row)
+        return row
+
+    def during(self, seconds: float, interval: float = 0.5) -> list[dict]:
+        end = time.monotonic() + seconds
+        out = []
+        while time.monotonic() < end:
+            out.append(self.sample())
+            time.sleep(interval)
+        return out
+
+
+def commits_between(worker, start: float, end: float) -> list[dict]:
+    return [e for e in worker.events("commit") if start <= e["t"] <= end]
+
+
+# ---- broker restart ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_broker(tmp_path):
+    broker = Tansu(storage="s3", data_dir=tmp_path / "s3", log_dir=tmp_path / "logs")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_broker, noida, make_settings,
+                        worker_env, figures) -> None:
+    stack = LocalStack(tansu=s3_broker, store=noida)
+    settings = make_settings(stack, create_with=s3_broker)
+    stream = build_stream(n_posts, poison_share_per_kind=0.01, seed=SEED + 2)
+    ends, _ = produce(settings.kafka_bootstrap, settings.posts_topic, stream.records)
+    worker = worker_env(settings).start()
+    worker.wait_event("commit", timeout=180)
+    done = all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends)
+    log = []
+    for i, (how, down_s) in enumerate(restarts):
+        # let it work a while between restarts
+        target = (i + 1) * len(stream) // (len(restarts) + 2)
+        wait_until(lambda: (committed_sum(settings) or 0) >= target, timeout=300, interval=0.3,
+                   what=f"progress to {target}", while_alive=worker)
+        before = committed_sum(settings)
+        s3_broker.kill() if how == "kill" else s3_broker.stop()
+        down_at = time.time()  # SIGTERM: tansu serves until it has exited
+        time.sleep(down_s)
+        s3_broker.start()  # same port; localbucket keeps the data
+        up_at = time.time()
+        assert worker.alive(), f"worker died during broker restart {i}:\n{worker.log_tail(60)}"
+        first = worker.wait_event("commit", since=up_at, timeout=240)
+        log.append({"how": how, "down_s": down_s, "committed_before": before,
+                    "recovered_s": round(first["t"] - up_at, 1),
+                    "commits_while_down": len(commits_between(worker, down_at, up_at))})
+        assert not done(), "the stream finished before the broker restart: make it longer"
+    wait_until(done, timeout=600, interval=0.5, what="all offsets committed", while_alive=worker)
+    assert worker.stop() == 0, worker.log_tail(60)
+    verdict = verify(settings, stream)
+    figures.update(verdict.figures())
+    figures.update({"broker_restarts": len(log), "worker_restarts": worker.starts - 1, "restart_log": log,
+                    "broker_storage": "s3://localbucket"})
+    assert verdict.ok, verdict.explain()
+
+
+@pytest.mark.timeout(420)
+def test_broker_restart_mid_stream_worker_reconnects_and_loses_nothing(s3_broker, noida, make_settings, worker_env, figures):
+    run_broker_restarts([("stop", 4.0)], 3000, s3_broker=s3_broker, noida=noida, make_settings=make_settings,
+                        worker_env=worker_env, figures=figures)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_soak_broker_stopped_and_killed_repeatedly(s3_broker, noida, make_settings, worker_env, figures):
+    run_broker_restarts([("stop", 5.0), ("kill", 10.0), ("stop", 20.0), ("kill", 3.0)], 12000, s3_broker=s3_broker,
+                        noida=noida, make_settings=make_settings, worker_env=worker_env, figures=figures)
+
+
+# ---- store outage --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_store(tmp_path):
+    """A noida-db of this test (the session store is shared and must not be stopped)."""
+    store = NoidaStore(tmp_path / "noida", log_dir=tmp_path / "logs")
+    store.start()
+    yield store
+    store.stop()
+
+
+def summarise_lag(rows: list[dict]) -> dict:
+    gauges = [r["gauge"] for r in rows if r["gauge"] is not None]
+    lags = [r["true_lag"] for r in rows if r["true_lag"] is not None]
+    return {"gauge_max": max(gauges, default=None), "gauge_min": min(gauges, default=None),
+            "true_lag_max": max(lags, default=None), "samples": len(rows)}
+
+
+def run_outage(kind: str, outage_s: float, n_posts: int, rate: float, *, stack, make_settings, worker_env, figures,
+               break_it, fix_it) -> None:
+    settings = make_settings(stack)
+    stream = build_stream(n_posts, seed=SEED + (3 if kind == "store" else 4))  # valid posts only: see below
+    head, tail = stream.records[:400], stream.records[400:]
+    produce(settings.kafka_bootstrap, settings.posts_topic, head)
+    worker = worker_env(settings).start()
+    worker.wait_event("commit", timeout=180)
+    paced = Paced(settings.kafka_bootstrap, settings.posts_topic, tail, rate=rate).start()
+    sampler = Sampler(settings, worker, paced, produced=len(head))
+    before = sampler.during(3.0)
+
+    down_at = time.time()
+    break_it()
+    # A batch already stored / analysed when the outage began may still commit; give it 2 s (a
+    # batch takes ~0.3 s here). After that nothing may be committed until the dependency is back.
+    sampler.during(2.0)
+    frozen = sampler.sample()
+    during = sampler.during(outage_s - 2.0)
+    fix_it()
+    up_at = time.time()
+    assert worker.alive(), f"worker died during the {kind} outage:\n{worker.log_tail(60)}"
+    committed_during = {r["committed"] for r in during if r["committed"] is not None}
+    late_commits = commits_between(worker, frozen["t"], up_at)
+
+    ends = paced.join()
+    done = all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends)
+    after = []
+    started = time.monotonic()
+    wait_until(done, timeout=600, interval=0.5, what="all offsets committed", while_alive=worker,
+               on_tick=lambda: after.append(sampler.sample()))
+    caught_up_s = time.monotonic() - started
+    after += sampler.during(6.0, interval=1.0)  # the gauge is refreshed at most every 5 s
+    assert worker.stop() == 0, worker.log_tail(60)
+    verdict = verify(settings, stream)
+
+    figures.update(verdict.figures())
+    figures.update({
+        "outages": 1, "outage_kind": kind, "outage_s": round(up_at - down_at, 1), "worker_restarts": worker.starts - 1,
+        "committed_at_outage_start": frozen["committed"], "committed_values_during_outage": sorted(committed_during),
+        "commits_logged_during_outage": len(late_commits), "caught_up_after_s": round(caught_up_s, 1),
+        "lag_before": summarise_lag(before), "lag_during": summarise_lag(during), "lag_after": summarise_lag(after),
+        "gauge_final": after[-1]["gauge"] if after else None,
+        "backend_refused_calls": len(worker.events("backend_refused")),
+        "store_errors_total": scrape_metric(f"http://127.0.0.1:{settings.metrics_port}", "moodwatch_store_errors_total"),
+    })
+    assert committed_during <= {frozen["committed"]}, f"offsets advanced during the {kind} outage: {sorted(committed_during)}"
+    assert not late_commits, f"the worker committed during the {kind} outage: {late_commits[:3]}"
+    assert verdict.ok, verdict.explain()
+    true_max = summarise_lag(during)["true_lag_max"] or 0
+    assert true_max > 200, f"the outage should have built a backlog (true lag max {true_max})"
+
+
+@pytest.mark.timeout(420)
+def test_store_outage_stops_commits_then_catches_up(tansu, own_store, make_settings, worker_env, figures):
+    stack = LocalStack(tansu=tansu, store=own_store)
+    run_outage("store", 12.0, 3000, 120.0, stack=stack, make_settings=make_settings, worker_env=worker_env,
+               figures=figures, break_it=own_store.stop, fix_it=own_store.start)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_soak_store_outage_30s(tansu, own_store, make_settings, worker_env, figures):
+    stack = LocalStack(tansu=tansu, store=own_store)
+    run_outage("store", 30.0, 9000, 150.0, stack=stack, make_settings=make_settings, worker_env=worker_env,
+               figures=figures, break_it=own_store.stop, fix_it=own_store.start)
+
+
+# ---- model backend outage ------------------------------------------------------------------------
+
+
+def backend_outage(tansu, noida, make_settings, worker_env, figures, tmp_path: Path, outage_s: float, n: int, rate: float):
+    flag = tmp_path / "backend-down"
+
+    def make(settings):
+        return worker_env(settings, MOODWATCH_CHAOS_BACKEND_DOWN_FILE=str(flag))
+
+    stack = LocalStack(tansu=tansu, store=noida)
+    run_outage("backend", outage_s, n, rate, stack=stack, make_settings=make_settings, worker_env=lambda s: make(s),
+               figures=figures, break_it=flag.touch, fix_it=flag.unlink)
+
+
+@pytest.mark.timeout(420)
+def test_model_backend_outage_stops_commits_then_catches_up(tansu, noida, make_settings, worker_env, figures, tmp_path):
+    backend_outage(tansu, noida, make_settings, worker_env, figures, tmp_path, 10.0, 2500, 120.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_soak_model_backend_outage_30s(tansu, noida, make_settings, worker_env, figures, tmp_path):
+    backend_outage(tansu, noida, make_settings, worker_env, figures, tmp_path, 30.0, 9000, 150.0)
+
+
+# ---- a rebalance while the worker waits out an outage ---------------------------------------------
+
+
+def join_and_leave(settings, hold_s: float) -> dict:
+    """A second member joins the group (as a scaled-out worker would), holds its partitions
+    for `hold_s` without committing anything, then leaves."""
+    other = KafkaConsumer(settings.posts_topic, bootstrap_servers=settings.kafka_bootstrap,
+                          group_id=settings.consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
+                          session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_records=1)
+    try:
+        other.pause()  # takes part in the group, consumes nothing
+        deadline = time.monotonic() + 60
+        while not other.assignment() and time.monotonic() < deadline:
+            other.poll(timeout_ms=200)
+            other.pause(*other.assignment())
+        assigned = sorted(tp.partition for tp in other.assignment())
+        joined_at = time.time()
+        end = time.monotonic() + hold_s
+        while time.monotonic() < end:
+            other.poll(timeout_ms=200)
+            other.pause(*other.assignment())
+        return {"second_member_held": assigned, "joined_at": joined_at}
+    finally:
+        other.close(autocommit=False)  # LeaveGroup: the partitions go back to the worker
+
+
+def run_rebalance_during_outage(*, stack, make_settings, worker_env, figures, tmp_path, hold_s: float, after_s: float):
+    """Backend down -> a second member joins and leaves (two rebalances) while the worker waits in
+    its retry loop -> backend back -> more posts arrive (as they always do) -> everything must be
+    stored exactly once."""
+    flag = tmp_path / "backend-down"
+    settings = make_settings(stack)
+    stream = build_stream(1600, seed=SEED + 5)
+    head, tail = stream.records[:1200], stream.records[1200:]
+    ends, _ = produce(settings.kafka_bootstrap, settings.posts_topic, head)
+    worker = worker_env(settings, MOODWATCH_CHAOS_BACKEND_DOWN_FILE=str(flag), MOODWATCH_CHAOS_KAFKA_LOG="INFO").start()
+    worker.wait_event("commit", timeout=180)
+    flag.touch()
+    worker.wait_event("backend_refused", timeout=60)
+    held = join_and_leave(settings, hold_s)  # rebalance, and another when it leaves
+    time.sleep(after_s)  # the worker keeps polling in its retry loop with the partitions given back
+    committed_in_outage = committed_sum(settings)
+    back_at = time.time()
+    flag.unlink()
+    worker.wait_event("resume", since=back_at, timeout=60)  # the retry succeeded; consuming again
+    dropped = [e for e in worker.events("polled") if e["t"] < back_at and e["t"] > held["joined_at"]]
+    more, _ = produce(settings.kafka_bootstrap, settings.posts_topic, tail)
+    ends = {p: max(ends.get(p, 0), more.get(p, 0)) for p in set(ends) | set(more)}
+    done = all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends)
+    stuck = False
+    try:
+        wait_until(done, timeout=60, interval=0.5, what="all offsets committed", while_alive=worker)
+    except TimeoutError:
+        stuck = True  # some partition never got past the gap (or the worker hangs): verify tells which
+        os.kill(worker.pid, signal.SIGUSR1)  # thread stacks into the worker log, in case it hangs
+        time.sleep(1)
+    assert worker.stop() == 0, worker.log_tail(60)
+    verdict = verify(settings, stream, results_timeout_s=15)
+    figures.update(verdict.figures())
+    figures.update({"outages": 1, "rebalances": 2, "second_member_held": held["second_member_held"],
+                    "committed_during_outage": committed_in_outage,
+                    "records_returned_by_polls_during_the_retry": sum(r[1] - r[0] + 1 for e in dropped for r in e["records"].values()),
+                    "backend_refused_calls": len(worker.events("backend_refused"))})
+    assert verdict.ok, verdict.explain()
+    assert not stuck, f"not everything was committed within 60 s:\n{worker.log_tail(80)}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (reported with issue 7): AnalyzerWorker._sleep_keeping_membership discards what consumer.poll() "
+    "returns; a partition assigned by a rebalance during the retry arrives unpaused, so its records are "
+    "fetched, dropped, and later committed past: posts lost. Remove this marker once the fix is in."))
+# What happens (events of tests/support/chaos.py): the worker pauses p0+p1 (backend down); a second
+# member joins (takes p0; p1 stays paused) and leaves; p0 comes back with a fresh, unpaused state; each
+# poll of the retry loop returns the next p0 records, which are thrown away; after the backend is back
+# the batch in hand is committed, consumption goes on from the advanced position, and the first later
+# p0 commit makes the skipped records unreachable.
+@pytest.mark.timeout(300)
+def test_rebalance_while_waiting_out_a_backend_outage_loses_nothing(tansu, noida, make_settings, worker_env, figures, tmp_path):
+    run_rebalance_during_outage(stack=LocalStack(tansu=tansu, store=noida), make_settings=make_settings,
+                                worker_env=worker_env, figures=figures, tmp_path=tmp_path, hold_s=4.0, after_s=6.0)
