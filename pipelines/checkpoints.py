@@ -19,10 +19,16 @@ class CheckpointError(RuntimeError):
 
 
 def heads_version(heads: MoodHeads) -> str:
+    return _state_digest(heads.state_dict())
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of float32 weights (what a loaded checkpoint holds), so saved and loaded heads agree."""
     digest = hashlib.sha256()
-    for key, tensor in sorted(heads.state_dict().items()):
+    for key, tensor in sorted(state.items()):
         digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        tensor = tensor.detach().cpu()
+        digest.update((tensor.float() if tensor.is_floating_point() else tensor).contiguous().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
@@ -30,7 +36,7 @@ def save_heads(heads: MoodHeads, path: Path, card: dict[str, Any]) -> Path:
     """Write `heads.pt` (fp16 weights + config + card) and a human-readable `MODEL_CARD.md` beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in heads.state_dict().items()}
-    card = {**card, "version": heads_version(heads)}
+    card = {**card, "version": _state_digest(state)}
     torch.save({"config": heads.config.to_dict(), "state_dict": state, "card": card}, path)
     (path.parent / "MODEL_CARD.md").write_text(render_card(card))
     (path.parent / "model_card.json").write_text(json.dumps(card, indent=2, default=str))

@@ -76,7 +76,7 @@ def train_aligner(heads: MoodHeads, cache: FeatureCache, cfg: TrainConfig, rng: 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     aligner.eval()
     return losses
 
@@ -123,7 +123,7 @@ def train_mira(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     mira.eval()
     return losses
 
@@ -141,7 +141,7 @@ def train_distribution(heads: MoodHeads, cache: FeatureCache, targets: np.ndarra
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     head.eval()
     return losses
 
@@ -160,7 +160,7 @@ def train_region_scorer(heads: MoodHeads, cache: FeatureCache, targets: np.ndarr
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     scorer.eval()
     return losses
 
