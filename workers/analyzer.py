@@ -133,6 +133,7 @@ class AnalyzerWorker:
                 self.on_tick()
                 records = self.poll_batch()
                 if not records:
+                    self._update_lag()  # an idle worker must report its lag falling to zero
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     continue
@@ -374,7 +375,14 @@ class AnalyzerWorker:
         end = time.monotonic() + seconds
         while time.monotonic() < end and not self.stop_event.is_set():
             self.on_tick()
-            self.consumer.poll(timeout_ms=min(500, max(1, int((end - time.monotonic()) * 1000))))
+            polled = self.consumer.poll(timeout_ms=min(500, max(1, int((end - time.monotonic()) * 1000))))
+            # A rebalance during the wait can hand us partitions that are not paused; whatever they
+            # returned must be read again later, not dropped (dropping it would let a later commit skip it).
+            self.consumer.pause(*self.consumer.assignment())
+            for tp, records in polled.items():
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+            self._update_lag()  # lag keeps growing during an outage; the gauge must show it
 
     def _update_lag(self, every_s: float = 5.0) -> None:
         now = time.monotonic()
