@@ -141,3 +141,6 @@ def worker_env(tiny_db_dir, tmp_path):
     yield make
     for proc in started:
         proc.kill()
+    from tests.reliability.verify import close_admins
+
+    close_admins()  # their broker may be gone (a test's own); do not let them retry in the background

@@ -10,6 +10,7 @@ Environment (besides the MOODWATCH_* settings):
   instead of re-encoding the seed sentences (~10 s per start on the shared 2-core box).
 - MOODWATCH_TEST_INPUT_SIZE: input size of the tiny backbone (default 64; the model is not what is
   under test, the delivery guarantees are).
+- MOODWATCH_TEST_REGIONS=1: run the affective-region stage too (off by default: slow on this box).
 - MOODWATCH_TEST_IDLE_EXIT_S: exit cleanly after this long without records (default: run until
   SIGTERM).
 - MOODWATCH_CHAOS_BACKEND_DOWN_FILE: while this file exists, every analyzer call raises
@@ -164,7 +165,7 @@ def build_tiny_analyzer() -> Any:
         tiny_image_backbone(0, feature_dim=64, input_size=size),
         tiny_heads(0),
         database,
-        AnalyzerOptions(regions_enabled=False, proposal_threads=1),
+        AnalyzerOptions(regions_enabled=os.environ.get("MOODWATCH_TEST_REGIONS") == "1", proposal_threads=1),
     )
 
 
