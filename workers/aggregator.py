@@ -41,6 +41,8 @@ from typing import Any, Literal
 
 import faust
 from faust import streams as faust_streams
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -74,6 +76,8 @@ class AggregatorMetrics:
     watermark: Gauge
     state_writes: Counter
     offset_jumps: Counter
+    repaired: Counter
+    redeliveries: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "AggregatorMetrics":
@@ -111,7 +115,20 @@ class AggregatorMetrics:
             ),
             offset_jumps=Counter(
                 "moodwatch_aggregator_offset_jumps",
-                "Results records whose offset did not follow the previous one of its partition (skips or re-reads)",
+                "Forward offset jumps (skipped records) seen by an agent, by source topic role",
+                ["source"],
+                registry=registry,
+            ),
+            repaired=Counter(
+                "moodwatch_aggregator_repaired_records",
+                "Skipped records re-read and processed after an offset jump",
+                ["source"],
+                registry=registry,
+            ),
+            redeliveries=Counter(
+                "moodwatch_aggregator_redeliveries",
+                "Records delivered again at or below an offset already seen (harmless: deduplicated)",
+                ["source"],
                 registry=registry,
             ),
             state_writes=Counter(
@@ -139,33 +156,39 @@ async def verified_end_offsets(
     reported end, the last offset read + 1 and that high watermark. On a correct broker this
     reads one record per partition. ``make_consumer`` returns an unstarted AIOKafkaConsumer.
     """
+    import aiokafka
+
     result: dict[Any, int | None] = dict(reported)
     todo = {tp: end for tp, end in reported.items() if end}
     if not todo:
         return result
+    # aiokafka insists on its own TopicPartition type; faust's TP is a look-alike
+    native = {aiokafka.TopicPartition(tp.topic, tp.partition): tp for tp in todo}
     consumer = make_consumer()
     await consumer.start()
     try:
-        consumer.assign(list(todo))
-        for tp, end in todo.items():
-            consumer.seek(tp, max(0, end - 1))
+        consumer.assign(list(native))
+        for atp, tp in native.items():
+            consumer.seek(atp, max(0, todo[tp] - 1))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        pending = set(todo)
+        pending = set(native)
         while pending and loop.time() < deadline:
             batches = await consumer.getmany(*pending, timeout_ms=200)
-            for tp, messages in batches.items():
+            for atp, messages in batches.items():
                 if messages:
+                    tp = native[atp]
                     result[tp] = max(result[tp] or 0, messages[-1].offset + 1)
-            for tp in list(pending):
-                hw = consumer.highwater(tp)
+            for atp in list(pending):
+                tp = native[atp]
+                hw = consumer.highwater(atp)
                 if hw is None:
                     continue
                 result[tp] = max(result[tp] or 0, hw)
-                if await consumer.position(tp) >= result[tp]:
-                    pending.discard(tp)
+                if await consumer.position(atp) >= result[tp]:
+                    pending.discard(atp)
         if pending:
-            log.warning("end_offset_probe_timeout", partitions=sorted(str(tp) for tp in pending))
+            log.warning("end_offset_probe_timeout", partitions=sorted(str(native[atp]) for atp in pending))
     finally:
         await consumer.stop()
     for tp, end in todo.items():
@@ -174,6 +197,88 @@ async def verified_end_offsets(
             if on_correction:
                 on_correction(tp, end, result[tp])
     return result
+
+
+def side_consumer(app: Any, purpose: str) -> Any:
+    """An unstarted, group-less AIOKafkaConsumer on the app's brokers and credentials."""
+    import aiokafka
+
+    conf = app.conf
+    auth = faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
+    transport = app.transport
+    return aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id=f"{conf.broker_client_id}-{purpose}",
+        isolation_level="read_uncommitted",
+        **auth,
+    )
+
+
+class GapRepair:
+    """Re-reads the records a faust stream skipped.
+
+    faust 0.15.3 resumes the stream partitions *before* seeking them to the committed offsets when
+    recovery completes (and the fetcher is already running then); in ~1 of 5 restarts on this
+    machine the agent then saw an offset jump forward (e.g. 537 -> 539) and the skipped record was
+    never delivered: a lost post. Our topics are neither compacted nor transactional, so within a
+    partition every offset exists; a forward jump is a skip. This fetches the skipped range with a
+    group-less consumer so the agent can process it before the record that revealed the jump
+    (re-deliveries, i.e. backward jumps, are harmless: posts are deduplicated by post_id).
+    """
+
+    def __init__(self, app: Any, metrics: "AggregatorMetrics", role: str, *, timeout_s: float = 10.0) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.role = role
+        self.timeout_s = timeout_s
+        self.last: dict[Any, int] = {}
+        self._consumer: Any = None
+
+    def gap(self, tp: Any, offset: int) -> tuple[int, int] | None:
+        """Record ``offset`` as delivered; return the skipped range [start, stop) if it jumped."""
+        prev = self.last.get(tp)
+        if prev is None or offset > prev:
+            self.last[tp] = offset
+        if prev is not None and offset > prev + 1:
+            return prev + 1, offset
+        if prev is not None and offset <= prev:
+            self.metrics.redeliveries.labels(source=self.role).inc()
+        return None
+
+    async def fetch(self, tp: Any, start: int, stop: int) -> list[Any]:
+        self.metrics.offset_jumps.labels(source=self.role).inc()
+        log.warning("offset_jump_repair", source=self.role, topic=tp.topic, partition=tp.partition, start=start, stop=stop)
+        if self._consumer is None:
+            self._consumer = side_consumer(self.app, f"gap-{self.role}")
+            await self._consumer.start()
+        import aiokafka
+
+        consumer = self._consumer
+        atp = aiokafka.TopicPartition(tp.topic, tp.partition)  # faust's TP is not aiokafka's
+        consumer.assign([atp])
+        consumer.seek(atp, start)
+        out: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while loop.time() < deadline:
+            batch = await consumer.getmany(atp, timeout_ms=200)
+            for message in batch.get(atp, []):
+                if start <= message.offset < stop:
+                    out.append(message)
+            if (out and out[-1].offset >= stop - 1) or await consumer.position(atp) >= stop:
+                break
+        missing = (stop - start) - len(out)
+        if missing:
+            log.error("offset_jump_unrepaired", source=self.role, partition=tp.partition, missing=missing)
+        self.metrics.repaired.labels(source=self.role).inc(len(out))
+        return out
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
 
 class _VerifiedEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -188,18 +293,7 @@ class _VerifiedEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         metrics: AggregatorMetrics | None = getattr(app, "moodwatch_metrics", None)
 
         def make_consumer():
-            import aiokafka
-
-            conf = app.conf
-            auth = faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
-            return aiokafka.AIOKafkaConsumer(
-                bootstrap_servers=faust_aiokafka.server_list(self.transport.url, self.transport.default_port),
-                group_id=None,
-                enable_auto_commit=False,
-                client_id=f"{conf.broker_client_id}-end-probe",
-                isolation_level="read_uncommitted",
-                **auth,
-            )
+            return side_consumer(app, "end-probe")
 
         def corrected(tp, was, now):
             if metrics:
@@ -220,6 +314,47 @@ class _VerifiedEndConsumer(faust_aiokafka.Consumer):
 
 class _VerifiedEndTransport(faust_aiokafka.Transport):
     Consumer = _VerifiedEndConsumer
+
+
+class _SeekFirstRecovery(Recovery):
+    """faust's Recovery, but stream partitions are seeked to their committed offsets *before* they
+    are resumed (faust 0.15.3 resumes first, while its fetcher already runs, then seeks)."""
+
+    async def _seek_then_resume(self, coro_fn: Callable[[], Any]) -> Any:
+        consumer = self.app.consumer
+        deferred: list[set] = []
+        original_resume, original_seek = consumer.resume_partitions, consumer.perform_seek
+
+        def resume_later(tps: Any) -> None:
+            deferred.append(set(tps))
+
+        async def seek_then_resume() -> None:
+            await original_seek()
+            while deferred:
+                original_resume(deferred.pop(0))
+
+        consumer.resume_partitions = resume_later  # type: ignore[method-assign]
+        consumer.perform_seek = seek_then_resume  # type: ignore[method-assign]
+        try:
+            return await coro_fn()
+        finally:
+            del consumer.resume_partitions, consumer.perform_seek  # back to the class methods
+            while deferred:  # e.g. an empty assignment: nothing was seeked
+                original_resume(deferred.pop(0))
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        await self._seek_then_resume(lambda: super(_SeekFirstRecovery, self).on_recovery_completed(generation_id))
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        await self._seek_then_resume(lambda: super(_SeekFirstRecovery, self)._resume_streams(generation_id))
+
+
+class _SeekFirstTableManager(TableManager):
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _SeekFirstRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -344,6 +479,7 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
         web_bind="127.0.0.1",
         table_standby_replicas=0,
         autodiscover=False,
+        TableManager=_SeekFirstTableManager,
     )
 
     results_topic = app.topic(settings.results_topic, key_serializer="raw", value_serializer="raw")
@@ -367,28 +503,29 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
     aggregator = MoodAggregator(state, cfg)  # type: ignore[arg-type]
     app.moodwatch_aggregator = aggregator  # type: ignore[attr-defined]
 
+    results_gaps = GapRepair(app, metrics, "results")
+
+    async def forward(raw: bytes | None) -> None:
+        try:
+            obs = decode_result(raw)
+        except Exception as exc:  # never let a bad record crash the agent (restart loop)
+            metrics.records.labels(source="results", outcome="invalid").inc()
+            log.warning("result_invalid", error=str(exc)[:300])
+            return
+        metrics.records.labels(source="results", outcome="ok").inc()
+        await by_channel.send(key=obs.channel.encode(), value=json.dumps(obs.to_dict()).encode(), force=True)
+
     @app.agent(results_topic, name="by_channel")
     async def by_channel_agent(stream):
-        last_offset: dict[int, int] = {}
         async for event in stream.events():
-            raw = event.value
-            part, offset = event.message.partition, event.message.offset
-            prev = last_offset.get(part)
-            if prev is not None and offset != prev + 1:
-                # the results topic is neither compacted nor transactional: a jump is a skipped record
-                metrics.offset_jumps.inc()
-                log.warning("results_offset_jump", partition=part, previous=prev, offset=offset)
-            last_offset[part] = offset
-            try:
-                obs = decode_result(raw)
-            except Exception as exc:  # never let a bad record crash the agent (restart loop)
-                metrics.records.labels(source="results", outcome="invalid").inc()
-                log.warning("result_invalid", error=str(exc)[:300])
-                continue
-            metrics.records.labels(source="results", outcome="ok").inc()
-            await by_channel.send(key=obs.channel.encode(), value=json.dumps(obs.to_dict()).encode(), force=True)
+            gap = results_gaps.gap(event.message.tp, event.message.offset)
+            if gap is not None:
+                for message in await results_gaps.fetch(event.message.tp, *gap):
+                    await forward(message.value)
+            await forward(event.value)
 
     newest = [0.0]
+    by_channel_gaps = GapRepair(app, metrics, "by_channel")
 
     @app.agent(by_channel, name="aggregate")
     async def aggregate_agent(stream):
@@ -401,10 +538,16 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
             for event in events:
                 by_partition.setdefault(event.message.partition, []).append(event)
             for partition_events in by_partition.values():
+                values: list[bytes | None] = []
+                for event in sorted(partition_events, key=lambda e: e.message.offset):
+                    gap = by_channel_gaps.gap(event.message.tp, event.message.offset)
+                    if gap is not None:
+                        values.extend(m.value for m in await by_channel_gaps.fetch(event.message.tp, *gap))
+                    values.append(event.value)
                 observations = []
-                for event in partition_events:
+                for value in values:
                     try:
-                        observations.append(Observation.from_dict(json.loads(event.value)))
+                        observations.append(Observation.from_dict(json.loads(value)))
                     except Exception as exc:  # a bad record must not crash the agent
                         metrics.records.labels(source="by_channel", outcome="invalid").inc()
                         log.warning("observation_invalid", error=str(exc)[:300])

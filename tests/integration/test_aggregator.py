@@ -138,6 +138,12 @@ class Aggregator:
         with opener.open(url, timeout=5) as resp:
             return resp.read().decode()
 
+    def metrics_or_empty(self) -> str:
+        try:
+            return self.metrics()
+        except OSError:  # the endpoint starts a moment after the worker
+            return ""
+
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -228,6 +234,10 @@ def check_one_alert(settings, hook):
     return alert
 
 
+def metric_value(exposition: str, name: str) -> float:
+    return sum(float(ln.split()[-1]) for ln in exposition.splitlines() if ln.startswith(name))
+
+
 def read_topic(settings, topic: str) -> list:
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, consumer_timeout_ms=2000)
     tps = [TopicPartition(topic, p) for p in range(settings.aggregator_partitions)]
@@ -302,7 +312,8 @@ def test_restart_before_the_spike_with_several_partitions(tansu, setup):
         # redeliver a slice (at-least-once upstream): dedup by post_id keeps the counts right
         produce(settings, results[half - 200 : half] + results[half:])
         agg.start()
-        wait_for(lambda: processed(settings) >= len(results) + 200, 120,
+        accepted = 'moodwatch_aggregator_observations_total{status="accepted"}'
+        wait_for(lambda: metric_value(agg.metrics_or_empty(), accepted) >= len(results) - half, 120,
                  lambda: f"phase 2 processed ({processed(settings)} of {len(results) + 200})", agg)  # fmt: skip
         wait_for(lambda: len(hook.calls) >= 2, 30, "the webhook delivery", agg)
         time.sleep(2.0)
@@ -311,7 +322,76 @@ def test_restart_before_the_spike_with_several_partitions(tansu, setup):
         agg.stop()
     check_one_alert(settings, hook)
     check_copartitioned(settings)
-    jumps = [ln for ln in metrics.splitlines() if ln.startswith("moodwatch_aggregator_offset_jumps_total")]
-    assert jumps == ["moodwatch_aggregator_offset_jumps_total 0.0"]
-    dup = [ln for ln in metrics.splitlines() if ln.startswith('moodwatch_aggregator_observations_total{status="duplicate"}')]
-    assert dup and float(dup[0].split()[-1]) == 200
+    def value(name: str) -> float:
+        return metric_value(metrics, name)
+
+    print("offset jumps repaired:", value("moodwatch_aggregator_repaired_records_total"),
+          "redeliveries:", value("moodwatch_aggregator_redeliveries_total"))  # fmt: skip
+    # nothing lost, nothing counted twice: every new post of phase 2 accepted exactly once, and
+    # every redelivered one (200 on purpose, more if the consumer re-read some) dropped as duplicate
+    assert value('moodwatch_aggregator_observations_total{status="accepted"}') == len(results) - half
+    assert value('moodwatch_aggregator_observations_total{status="duplicate"}') >= 200
+
+
+def test_gap_repair_re_reads_exactly_the_skipped_records(tansu, tmp_path):
+    import asyncio
+
+    from workers.aggregator import AggregatorMetrics, GapRepair, create_app
+
+    tag = uuid.uuid4().hex[:8]
+    topic = f"gaps-{tag}"
+    tansu.create_topics([topic], partitions=1)
+    producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, linger_ms=20)
+    for i in range(30):
+        producer.send(topic, key=b"k", value=f"v{i}".encode())
+    producer.flush()
+    producer.close()
+    settings = AggregatorSettings(kafka_bootstrap=tansu.bootstrap, aggregator_app_id=f"gap-{tag}",
+                                  aggregator_data_dir=tmp_path / "faust")  # fmt: skip
+    metrics = AggregatorMetrics.create()
+    repair = GapRepair(create_app(settings, metrics=metrics), metrics, "results")
+    tp = TopicPartition(topic, 0)
+
+    async def scenario():
+        assert repair.gap(tp, 3) is None and repair.gap(tp, 4) is None
+        assert repair.gap(tp, 4) is None  # a redelivery is not a gap
+        gap = repair.gap(tp, 11)
+        assert gap == (5, 11)
+        got = await repair.fetch(tp, *gap)
+        await repair.close()
+        return [(m.offset, m.value) for m in got]
+
+    assert asyncio.run(scenario()) == [(i, f"v{i}".encode()) for i in range(5, 11)]
+    exposition = __import__("prometheus_client").generate_latest(metrics.registry).decode()
+    assert metric_value(exposition, 'moodwatch_aggregator_repaired_records_total{source="results"}') == 6
+    assert metric_value(exposition, 'moodwatch_aggregator_redeliveries_total{source="results"}') == 1
+
+
+def test_verified_end_offsets_corrects_tansus_short_list_offsets(tansu):
+    """The trap itself: ListOffsets(latest) answers base-of-last-batch + 1; the probe reads the tail."""
+    import asyncio
+
+    import aiokafka
+
+    from workers.aggregator import verified_end_offsets
+
+    topic = f"ends-{uuid.uuid4().hex[:8]}"
+    tansu.create_topics([topic], partitions=2)
+    producer = KafkaProducer(bootstrap_servers=tansu.bootstrap, linger_ms=50)
+    for batch in range(2):  # two batches of 5 records in partition 0; partition 1 stays empty
+        for i in range(5):
+            producer.send(topic, value=f"{batch}-{i}".encode(), partition=0)
+        producer.flush()
+    producer.close()
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    consumer = KafkaConsumer(bootstrap_servers=tansu.bootstrap)
+    reported = consumer.end_offsets([tp0, tp1])
+    consumer.close()
+    corrections = []
+    verified = asyncio.run(verified_end_offsets(
+        reported, lambda: aiokafka.AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, group_id=None),
+        on_correction=lambda tp, was, now: corrections.append((tp.partition, was, now)),
+    ))  # fmt: skip
+    assert verified[tp0] == 10 and verified[tp1] == 0
+    if reported[tp0] != 10:  # tansu 0.6.0: 6 (base offset 5 of the last batch, + 1)
+        assert corrections == [(0, reported[tp0], 10)]

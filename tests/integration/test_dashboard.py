@@ -210,6 +210,11 @@ def test_static_page_and_assets(dash):
     assert get(server, "/nope")[0] == 404
     cfg = get_json(server, "/api/config")
     assert cfg["refresh_s"] == 0 and "all" in cfg["ranges"]
+    from prometheus_client import generate_latest
+
+    exposition = generate_latest(server.registry).decode()
+    assert 'moodwatch_dashboard_requests_total{code="200",endpoint="/api/config"}' in exposition
+    assert 'moodwatch_dashboard_requests_total{code="404",endpoint="other"}' in exposition
 
 
 def test_empty_indices_answer_empty_views(noida):
