@@ -212,9 +212,15 @@ def test_static_page_and_assets(dash):
     assert cfg["refresh_s"] == 0 and "all" in cfg["ranges"]
     from prometheus_client import generate_latest
 
+    import time
+
+    wanted = ('moodwatch_dashboard_requests_total{code="200",endpoint="/api/config"}',
+              'moodwatch_dashboard_requests_total{code="404",endpoint="other"}')  # fmt: skip
+    deadline = time.monotonic() + 5  # counted right after the response is written
+    while not all(w in generate_latest(server.registry).decode() for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.05)
     exposition = generate_latest(server.registry).decode()
-    assert 'moodwatch_dashboard_requests_total{code="200",endpoint="/api/config"}' in exposition
-    assert 'moodwatch_dashboard_requests_total{code="404",endpoint="other"}' in exposition
+    assert all(w in exposition for w in wanted), exposition
 
 
 def test_empty_indices_answer_empty_views(noida):
