@@ -1,6 +1,6 @@
 """The aggregator: a faust-streaming app over ``post-sentiment`` -> windowed mood state -> alerts.
 
-Run it with ``faust -A workers.aggregator worker -l warning`` (settings from MOODWATCH_* env) or
+Run it with ``faust -A workers.aggregator worker -l info`` (settings from MOODWATCH_* env) or
 ``run_aggregator(settings)`` (``moodwatch aggregator``).
 
 Topology (one faust app, consumer group = ``aggregator_app_id``)::
