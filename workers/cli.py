@@ -91,6 +91,26 @@ def demo(
     raise typer.Exit(run_demo(settings, workdir=workdir, serve=serve, triton=triton))
 
 
+@app.command()
+def aggregator() -> None:
+    """Run the channel-mood aggregator (faust app over post-sentiment; spike and emotion-shift alerts)."""
+    from workers.aggregator import run_aggregator
+    from workers.aggregator_settings import AggregatorSettings
+
+    run_aggregator(AggregatorSettings())
+
+
+@app.command()
+def dashboard() -> None:
+    """Serve the built-in dashboard (reads Elasticsearch) on MOODWATCH_DASHBOARD_HOST:PORT."""
+    from workers.aggregator_settings import AggregatorSettings
+    from workers.dashboard import serve_dashboard
+
+    settings = AggregatorSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    serve_dashboard(settings)
+
+
 def _mount_optional(module: str, attr: str, name: str, help_: str) -> None:
     """Sub-apps live in their own modules; a missing optional piece must not break the whole CLI."""
     import importlib

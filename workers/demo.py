@@ -125,7 +125,8 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
             from workers.aggregator_settings import AggregatorSettings
             from workers.dashboard import serve_dashboard
 
-            dashboard_settings = AggregatorSettings(**settings.model_dump(exclude_none=True))
+            dashboard_settings = AggregatorSettings(**settings.model_dump(exclude_none=True) | {
+                "dashboard_image_root": settings.image_local_root, "dashboard_default_range": "all"})
             console.print(f"serving the dashboard on http://{dashboard_settings.dashboard_host}:"
                           f"{dashboard_settings.dashboard_port}/ ; Ctrl-C to stop")
             serve_dashboard(dashboard_settings)
