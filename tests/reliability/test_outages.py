@@ -310,10 +310,6 @@ def run_rebalance_during_outage(*, stack, make_settings, worker_env, figures, tm
     assert not stuck, f"not everything was committed within 25 s:\n{worker.log_tail(80)}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (reported with issue 7): AnalyzerWorker._sleep_keeping_membership discards what consumer.poll() "
-    "returns; a partition assigned by a rebalance during the retry arrives unpaused, so its records are "
-    "fetched, dropped, and later committed past: posts lost. Remove this marker once the fix is in."))
 # What happens (events of tests/support/chaos.py): the worker pauses p0+p1 (backend down); a second
 # member joins (takes p0; p1 stays paused) and leaves; p0 comes back with a fresh, unpaused state; each
 # poll of the retry loop returns the next p0 records, which are thrown away; after the backend is back
