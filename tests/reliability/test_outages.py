@@ -187,6 +187,9 @@ def run_outages(outages: list[tuple[str, float, Callable[[], None], Callable[[],
             "kind": kind, "outage_s": round(up_at - down_at, 1), "committed_at_outage_start": frozen["committed"],
             "committed_values_during_outage": sorted(committed_during), "commits_logged_during_outage": len(late_commits),
             "first_commit_after_s": round(first["t"] - up_at, 1), "lag_during": summarise_lag(during),
+            # the gauge is refreshed only after a processed batch: it cannot move during an outage
+            "gauge_frozen_while_true_lag_grew": len({r["gauge"] for r in during}) == 1
+                                                 and (summarise_lag(during)["true_lag_max"] or 0) - (frozen["true_lag"] or 0) > 200,
             "_ok": committed_during <= {frozen["committed"]} and not late_commits,
         })
         sampler.during(4.0)  # catch up a little before the next outage

@@ -109,11 +109,14 @@ def build_stream(n: int, *, poison_share_per_kind: float = 0.0, seed: int = 0, p
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]], *, compression: str | None = None,
-            ) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
+            batch_size: int = 512 << 10) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
     """Send, wait for every ack. Returns ({partition: end offset}, {key: (partition, offset)}).
     (kafka-python computes record-batch CRCs in pure Python: large incompressible values produce at
-    only ~2-3 MB/s on this machine; compressible ones with compression="gzip" go much faster.)"""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=512 << 10,
+    only ~2-3 MB/s on this machine; compressible ones with compression="gzip" go much faster.)
+    batch_size=1 sends one record per batch: tansu then reports true end offsets (it reports "start of
+    the last batch + 1")."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0 if batch_size <= 1 else 20,
+                             batch_size=batch_size,
                              max_request_size=8 << 20, compression_type=compression)
     try:
         futures = [(k, producer.send(topic, key=k.encode(), value=v)) for k, v in records]
