@@ -266,7 +266,9 @@ def _host_port(address: str) -> tuple[str, int]:
 
 class _Handler(BaseHTTPRequestHandler):
     server: HealthServer
-    protocol_version = "HTTP/1.1"
+    # One request per connection: a keep-alive scrape connection would outlive shutdown() and keep
+    # the target looking "up" after the endpoint was closed.
+    protocol_version = "HTTP/1.0"
     server_version = "moodwatch-health"
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
