@@ -24,7 +24,7 @@ system-deps: $(SYSTEM_STAMP)
 
 $(SYSTEM_STAMP):
 	@mkdir -p $(VENV)
-	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium prometheus prometheus-alertmanager >/dev/null \
 	      || echo "warning: apt-get install failed; browser/Prometheus tests will skip"; \
