@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import struct
 import time
 import zlib
@@ -62,6 +64,7 @@ def burst(settings, worker, records, ends_so_far: dict[int, int], label: str) ->
     wait_until(all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
                timeout=900, interval=0.5, what=f"{label} drained", while_alive=worker, on_tick=tick)
     drain_s = time.monotonic() - t0
+    tick()  # a sample taken after the drain (the last on_tick ran just before the final check)
     mem = worker.sample_memory()
     lags = [s[1] for s in samples]
     gauges = [s[2] for s in samples if s[2] is not None]
@@ -95,7 +98,26 @@ def run_backpressure(sizes: list[int], *, local_stack, make_settings, worker_env
         phase = burst(settings, worker, stream.records, ends, f"burst {n}")
         ends = phase.pop("_ends")
         phases.append(phase)
-    time.sleep(6.0)  # the gauge is refreshed at most every 5 s, and only after a processed batch
+    # The lag gauge once drained: after > 5 s idle (the gauge's refresh interval) a burst of 100 is
+    # analysed in 2 batches well within 5 s; a gauge refreshed only after batches would keep the value
+    # from the first one; refreshed while idle too, it reads 0 once they are done.
+    time.sleep(6.0)
+    trickle = build_stream(100, seed=SEED, prefix="trickle", image_b64=image)
+    streams.append(trickle)
+    # one record per producer batch: tansu's end offsets are then exact, so a stale gauge cannot be
+    # masked by its "start of the last batch + 1" under-reporting; the worker is stopped (SIGSTOP, < 1 s,
+    # well inside its 6 s session) while they are produced, so its first batch sees all 100
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        more, _ = produce(settings.kafka_bootstrap, settings.posts_topic, trickle.records, batch_size=1)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    ends = {p: max(ends.get(p, 0), e) for p, e in {**ends, **more}.items()}
+    trickle_gauge: list = []
+    wait_until(all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
+               timeout=120, interval=0.1, what="trickle drained", while_alive=worker,
+               on_tick=lambda: trickle_gauge.append(gauge_sum(settings)))
+    time.sleep(6.0)
     gauge_idle = gauge_sum(settings)
     assert worker.stop() == 0, worker.log_tail(60)
     from tests.reliability.verify import Stream
@@ -106,7 +128,7 @@ def run_backpressure(sizes: list[int], *, local_stack, make_settings, worker_env
     figures.update({
         "baseline_rss_mb": round(baseline.get("VmRSS", 0) / 1024, 1), "baseline_hwm_mb": round(baseline.get("VmHWM", 0) / 1024, 1),
         "phases": phases, "peak_rss_mb": round(worker.peak_rss_kb / 1024, 1),
-        "gauge_after_drain_and_6s_idle": gauge_idle,
+        "gauge_after_drained_100_burst_and_6s_idle": gauge_idle, "gauge_while_100_burst_drained": trickle_gauge,
     })
     assert verdict.ok, verdict.explain()
     for phase in phases:
@@ -122,6 +144,9 @@ def test_burst_backlog_drains_with_bounded_memory(local_stack, make_settings, wo
     small, large = out["phases"]
     growth = large["hwm_after_mb"] - small["hwm_after_mb"]
     figures["peak_growth_small_to_4x_backlog_mb"] = round(growth, 1)
+    # the lag gauge once drained (regression: it used to keep its last mid-drain value forever, and the
+    # MoodwatchAnalyzerStalled rule then fired on an idle, healthy worker)
+    assert out["gauge_idle"] == 0, f"moodwatch_consumer_lag should read 0 once drained: {out['gauge_idle']}"
     # 4x the backlog (+50 MB more posts waiting) must not move the peak (a worker holding its backlog
     # would grow by more than the raw bytes); allow 40 MB for allocator noise
     assert growth < 40, f"peak RSS grew {growth:.1f} MB with a 4x larger backlog: {out['phases']}"
