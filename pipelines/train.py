@@ -16,6 +16,7 @@ What supervises what (Twitter I has binary polarity labels only, no emotion labe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -57,27 +58,43 @@ def _batches(n: int, size: int, rng: np.random.Generator):
         yield order[start : start + size]
 
 
+def _fit(module: nn.Module, n: int, epochs: int, batch_size: int, cfg: TrainConfig, rng: np.random.Generator,
+         loss_of: Callable[[np.ndarray], torch.Tensor | None]) -> list[float]:
+    """AdamW over shuffled mini-batches of n samples; `loss_of(idx)` may return None to skip a batch."""
+    module.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for _ in range(epochs):
+        for idx in _batches(n, batch_size, rng):
+            loss = loss_of(idx)
+            if loss is None:
+                continue
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    module.eval()
+    return losses
+
+
+def _flip_mask(rng: np.random.Generator, n: int, *shape: int) -> torch.Tensor:
+    return torch.as_tensor(rng.random(n) < 0.5).view(n, *shape)
+
+
 def train_aligner(heads: MoodHeads, cache: FeatureCache, cfg: TrainConfig, rng: np.random.Generator) -> list[float]:
     has_caption = np.abs(cache.caption_emb).sum(1) > 0
     if has_caption.sum() < 2:
         return []
     pooled, flipped = _tensor(cache.pooled[has_caption]), _tensor(cache.pooled_flip[has_caption])
     text = _tensor(cache.caption_emb[has_caption])
-    aligner = heads.aligner.train()
-    opt = torch.optim.AdamW(aligner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses = []
-    for _ in range(cfg.align_epochs):
-        for idx in _batches(len(pooled), 128, rng):
-            if len(idx) < 2:
-                continue
-            use_flip = torch.as_tensor(rng.random(len(idx)) < 0.5).unsqueeze(1)
-            x = torch.where(use_flip, flipped[idx], pooled[idx])
-            loss = aligner.loss(x, text[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    aligner.eval()
+
+    def loss_of(idx):
+        if len(idx) < 2:  # InfoNCE needs negatives
+            return None
+        x = torch.where(_flip_mask(rng, len(idx), 1), flipped[idx], pooled[idx])
+        return heads.aligner.loss(x, text[idx])
+
+    return _fit(heads.aligner, len(pooled), cfg.align_epochs, 128, cfg, rng, loss_of)
     return losses
 
 
@@ -110,40 +127,24 @@ def train_mira(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg:
     text = _tensor(retrieve(heads, db, cache.pooled, k).features) if heads.mira.mode != "image_only" else None
     fmaps = _tensor(cache.feat_maps)
     y = polarity_targets(cache.labels)
-    mira = heads.mira.train()
-    opt = torch.optim.AdamW(mira.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses = []
-    for _ in range(cfg.epochs):
-        for idx in _batches(len(y), cfg.batch_size, rng):
-            fm = fmaps[idx]
-            flip = torch.as_tensor(rng.random(len(idx)) < 0.5).view(-1, 1, 1, 1)
-            fm = torch.where(flip, fm.flip(-1), fm)
-            logits = mira(text[idx] if text is not None else None, fm)
-            loss = nn.functional.cross_entropy(logits, y[idx], label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    mira.eval()
-    return losses
+
+    def loss_of(idx):
+        fm = fmaps[idx]
+        fm = torch.where(_flip_mask(rng, len(idx), 1, 1, 1), fm.flip(-1), fm)
+        logits = heads.mira(text[idx] if text is not None else None, fm)
+        return nn.functional.cross_entropy(logits, y[idx], label_smoothing=0.1)
+
+    return _fit(heads.mira, len(y), cfg.epochs, cfg.batch_size, cfg, rng, loss_of)
 
 
 def train_distribution(heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng) -> list[float]:
     pooled, flipped, t = _tensor(cache.pooled), _tensor(cache.pooled_flip), _tensor(targets)
-    head = heads.distribution.train()
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses = []
-    for _ in range(cfg.epochs):
-        for idx in _batches(len(t), cfg.batch_size, rng):
-            use_flip = torch.as_tensor(rng.random(len(idx)) < 0.5).unsqueeze(1)
-            p = head(torch.where(use_flip, flipped[idx], pooled[idx]))
-            loss = multitask_loss(p, t[idx], lam=cfg.lam)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    head.eval()
-    return losses
+
+    def loss_of(idx):
+        p = heads.distribution(torch.where(_flip_mask(rng, len(idx), 1), flipped[idx], pooled[idx]))
+        return multitask_loss(p, t[idx], lam=cfg.lam)
+
+    return _fit(heads.distribution, len(t), cfg.epochs, cfg.batch_size, cfg, rng, loss_of)
 
 
 def train_region_scorer(heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng) -> list[float]:
@@ -151,18 +152,8 @@ def train_region_scorer(heads: MoodHeads, cache: FeatureCache, targets: np.ndarr
     if len(img) == 0:
         return []
     feats, t = _tensor(cache.region_feats[img, reg]), _tensor(targets[img])
-    scorer = heads.region_scorer.train()
-    opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses = []
-    for _ in range(max(1, cfg.epochs // 4)):
-        for idx in _batches(len(t), 256, rng):
-            loss = multitask_loss(scorer(feats[idx]), t[idx], lam=cfg.lam)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    scorer.eval()
-    return losses
+    return _fit(heads.region_scorer, len(t), max(1, cfg.epochs // 4), 256, cfg, rng,
+                lambda idx: multitask_loss(heads.region_scorer(feats[idx]), t[idx], lam=cfg.lam))
 
 
 def top_regions(heads: MoodHeads, cache: FeatureCache, k: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,16 +175,11 @@ def train_concat_fusion(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCa
                         top_k: int = 8) -> ConcatFusion:
     glob = mira_features(heads, db, cache)
     _, feats, mask = top_regions(heads, cache, top_k, heads.config.region_alpha)
-    fusion = ConcatFusion(glob.shape[1], feats.shape[2]).train()
+    fusion = ConcatFusion(glob.shape[1], feats.shape[2])
     y = polarity_targets(cache.labels)
-    opt = torch.optim.AdamW(fusion.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for _ in range(cfg.epochs):
-        for idx in _batches(len(y), cfg.batch_size, rng):
-            loss = nn.functional.cross_entropy(fusion(glob[idx], feats[idx], mask[idx]), y[idx], label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return fusion.eval()
+    _fit(fusion, len(y), cfg.epochs, cfg.batch_size, cfg, rng, lambda idx: nn.functional.cross_entropy(
+        fusion(glob[idx], feats[idx], mask[idx]), y[idx], label_smoothing=0.1))
+    return fusion
 
 
 def mira_features(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> torch.Tensor:
