@@ -36,7 +36,14 @@ SOAK = os.environ.get("MOODWATCH_SOAK") == "1"
 SEED = int(os.environ.get("MOODWATCH_CHAOS_SEED", "20261101"))
 ARTIFACT = ROOT / "test-artifacts" / "reliability.json"
 _SERVER_FIXTURES = {"tansu", "noida", "local_stack", "fresh_topics", "worker_env"}
-_FIGURES: dict[str, dict[str, Any]] = {}
+
+
+def _figures_of(config) -> dict[str, dict[str, Any]]:
+    """The session's figures live on the config object (test modules may import this conftest under a
+    second module name, so a module-level dict would not be shared)."""
+    if not hasattr(config, "_moodwatch_reliability_figures"):
+        config._moodwatch_reliability_figures = {}
+    return config._moodwatch_reliability_figures
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,7 +67,17 @@ def figures(request):
     data["seconds"] = round(time.monotonic() - started, 1)
     outcome = getattr(request.node, "_reliability_outcome", None)
     data["outcome"] = outcome
-    _FIGURES[name] = data
+    _figures_of(request.config)[name] = data
+
+
+@pytest.fixture(scope="session")
+def record_figures(request):
+    """record_figures(name, dict): figures that are not tied to one test (e.g. fuzz totals)."""
+
+    def record(name: str, data: dict[str, Any]) -> None:
+        _figures_of(request.config)[name] = {"seed": SEED, "soak": SOAK, **data}
+
+    return record
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -72,6 +89,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    _FIGURES = _figures_of(config)
     if not _FIGURES:
         return
     terminalreporter.write_sep("=", "moodwatch reliability figures")
