@@ -85,7 +85,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        item._reliability_outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        if hasattr(report, "wasxfail"):
+            item._reliability_outcome = "xpassed" if report.passed else "xfailed"
+        else:
+            item._reliability_outcome = report.outcome
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
