@@ -165,7 +165,9 @@ def propose_boxes(
     rgb = _as_rgb_uint8(image_rgb)
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
-    small = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    # explicit target size: fx/fy rounding gives an empty image for very thin inputs (e.g. 1 x 500)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = rgb if scale == 1.0 else cv2.resize(rgb, target, interpolation=cv2.INTER_AREA)
     scale_y, scale_x = small.shape[0] / height, small.shape[1] / width
     if edge_model is None:
         rects, scores = _selective_search(small, mode, max_boxes)

@@ -86,8 +86,10 @@ def parse_post(raw: bytes | str | None) -> PostV1:
         raise MalformedPost("empty message value (tombstone)")
     try:
         data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedPost(f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedPost("not valid JSON: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over Python's digit limit
+        raise MalformedPost(f"not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise MalformedPost(f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")

@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 
 from pipelines.analyzer_api import AnalysisFailed, Analyzer, BackendUnavailable
-from schemas.posts import PostError, PostV1, parse_post
+from schemas.posts import MalformedPost, PostError, PostV1, parse_post
 from schemas.results import AnalysisResultV1, StageTimings
 from workers.es_sink import StoreRejected, StoreUnavailable
 from workers.logs import get_logger
@@ -110,6 +110,7 @@ class AnalyzerWorker:
         self.metrics = metrics
         self.on_tick = on_tick
         self.stop_event = threading.Event()
+        self.waiting = False  # True while an outage is waited out with the partitions paused
         self._last_lag_check = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -122,9 +123,12 @@ class AnalyzerWorker:
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
 
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.posts_topic], listener=_PauseWhileWaiting(self))
+
     def run(self, *, max_batches: int | None = None, idle_exit_s: float | None = None) -> None:
         """Consume until stopped (SIGTERM finishes the batch in hand, then commits and exits)."""
-        self.consumer.subscribe([self.settings.posts_topic])
+        self.subscribe()
         batches, idle_since = 0, time.monotonic()
         log.info("analyzer started", topic=self.settings.posts_topic, group=self.settings.consumer_group,
                  backend=self.analyzer.versions.backend)
@@ -226,6 +230,8 @@ class AnalyzerWorker:
                 accepted.append(Accepted(record, parse_post(record.value)))
             except PostError as exc:
                 rejected.append(Rejected(record, exc, exc.stage))
+            except Exception as exc:  # noqa: BLE001 - one unforeseen input must never crash-loop the worker
+                rejected.append(Rejected(record, MalformedPost(f"{type(exc).__name__}: {str(exc)[:200]}"), "validate"))
         return accepted
 
     def _fetch(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[Accepted]:
@@ -356,13 +362,14 @@ class AnalyzerWorker:
                                 waited_s=round(waited, 1), next_retry_s=round(delay, 2))
                     if not paused:
                         self.consumer.pause(*self.consumer.assignment())
-                        paused = True
+                        paused = self.waiting = True
                     self._sleep_keeping_membership(delay)
                     if self.stop_event.is_set():
                         raise ShutdownDuringRetry(f"shutdown while {stage} was unavailable; batch not committed")
                     delay = min(delay * 2, 5.0)
         finally:
             if paused:
+                self.waiting = False
                 self.consumer.resume(*self.consumer.assignment())
 
     @staticmethod
@@ -413,3 +420,18 @@ class AnalyzerWorker:
 
 class ShutdownDuringRetry(RuntimeError):
     pass
+
+
+class _PauseWhileWaiting(ConsumerRebalanceListener):
+    """Partitions assigned while the worker waits out an outage are paused before anything is fetched
+    from them (kafka-python 3.0.12 can lose track of parsed buffers of partitions paused afterwards)."""
+
+    def __init__(self, worker: AnalyzerWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        if self.worker.waiting and assigned:
+            self.worker.consumer.pause(*assigned)

@@ -91,7 +91,7 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
         console.print(f"produced {valid} sample posts and {poison} deliberately broken ones to '{settings.posts_topic}'")
         started = time.monotonic()
         processed = dead = 0
-        worker.consumer.subscribe([settings.posts_topic])
+        worker.subscribe()
         deadline = time.monotonic() + 600
         while processed + dead < valid + poison and time.monotonic() < deadline:
             records = worker.poll_batch()

@@ -190,10 +190,6 @@ def _report_fuzz_counts(record_figures):
             "test_process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
 
 
-@pytest.mark.xfail(strict=True, raises=(RecursionError, ValueError), reason=(
-    "BUG (reported with issue 7): parse_post lets RecursionError (JSON nested ~1000+ deep, e.g. 100 KB of "
-    "'[') and ValueError (an integer of more than 4300 digits) escape; AnalyzerWorker._validate catches only "
-    "PostError, so one such post kills the worker and, re-read after every restart, stalls its partition."))
 @pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"schema_version": 1, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
                                  b'{"schema_version": ' + b"1" * 5000 + b"}"], ids=["nested-array", "nested-field", "digits"])
 def test_json_bombs_are_malformed_posts(raw):
@@ -392,10 +388,6 @@ test_worker_process_on_fuzzed_images = _image_fuzz(120)
 test_soak_worker_process_on_fuzzed_images = pytest.mark.slow(_image_fuzz(2000))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (reported with issue 7): posts whose JSON is nested ~1000+ deep or carries a 4301-digit number "
-    "make AnalyzerWorker.process raise (RecursionError / ValueError from parse_post): the worker exits and "
-    "re-reads the same post after every restart (a crash loop from one ~100 KB message)."))
 def test_worker_process_survives_json_bombs(inproc_worker):
     worker = inproc_worker
     worker.producer.sent.clear()
@@ -408,11 +400,6 @@ def test_worker_process_survives_json_bombs(inproc_worker):
     assert set(dead) == {"bomb-1", "bomb-2"} and [d.post_id for d in worker.store.docs] == ["good-1"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (reported with issue 7): models.regions.propose_boxes shrinks with cv2.resize(fx, fy) and gets an "
-    "empty size for very thin images (1x500, 7x3000): cv2.error, so a valid banner-shaped image is "
-    "dead-lettered at stage 'analyze' with an OpenCV assertion as its reason, and each such image in a "
-    "batch makes the worker re-analyse the whole batch one image at a time."))
 @pytest.mark.parametrize("shape", [(1, 500), (500, 1), (7, 3000)])
 def test_thin_images_are_analysed_with_regions(tiny_db_dir, shape):
     import os

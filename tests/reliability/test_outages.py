@@ -315,13 +315,6 @@ def run_rebalance_during_outage(*, stack, make_settings, worker_env, figures, tm
     assert not stuck, f"not everything was committed within 25 s:\n{worker.log_tail(80)}"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG (reported with issue 7), intermittent (1 run in 4 here): with the fix of c68d782 (pause + seek inside "
-    "the retry loop) records polled from a re-assigned partition are no longer dropped, but that partition can "
-    "stay un-fetched after the outage (kafka-python 3.0.12 restores only one parked, already-parsed partition "
-    "buffer, and only while its in-line slot is None): 802 of 1600 posts unprocessed, nothing committed past "
-    "them (a stall until restart, not a loss). Pausing new partitions in a rebalance listener before they are "
-    "fetched avoids it (diff in the report). Not strict: it passes in most runs."))
 # What happens before c68d782 (events of tests/support/chaos.py): the worker pauses p0+p1 (backend down); a second
 # member joins (takes p0; p1 stays paused) and leaves; p0 comes back with a fresh, unpaused state; each
 # poll of the retry loop returns the next p0 records, which are thrown away; after the backend is back
