@@ -688,7 +688,7 @@ def run_big_images(n_big: int, batch: int, *, local_stack, make_settings, worker
     out = {"large_images": n_big, "pixels_each": 36_000_000, "post_bytes_each": len(big["b64"]), "batch_max_posts": batch,
            "baseline_hwm_mb": round(baseline.get("VmHWM", 0) / 1024, 1), "peak_hwm_mb": round(peak / 1024, 1),
            "growth_mb": round(growth_mb, 1), "growth_per_image_in_batch_mb": round(per_image, 1), "seconds": round(took, 1),
-           "extrapolated_peak_at_default_batch_32_gb": round((baseline.get("VmHWM", 0) / 1024 + 32 * per_image) / 1024, 2),
+           "decoded_rgb_mb_each": round(36_000_000 * 3 / 2**20, 1),
            "analysed": sum(f"big-{i}" in stored for i in range(n_big))}
     figures.update(out)
     assert out["analysed"] == n_big
@@ -703,11 +703,12 @@ def test_large_allowed_images_are_analysed_and_memory_is_measured(local_stack, m
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING (reported with issue 7): with image_max_pixels 40 M a batch of small (~160 KB) 36 Mpx PNGs is "
-    "held fully decoded (~300 MB peak per image): 14 of them (the default batch is 32) exceed the chart's "
-    "4 GiB analyzer memory limit, so the pod is OOM-killed and re-reads the same batch after each restart."))
+@pytest.mark.xfail(strict=False, reason=(
+    "FINDING (reported with issue 7): with the defaults (batch_max_posts 32, image_max_pixels 40 M) a batch "
+    "of small (~160 KB) 36 Mpx PNGs is held fully decoded (~103 MB of RGB each, plus the decoders' transient "
+    "buffers): measured peak 4.5 GB for 32 (2.7 GB for 14), over the chart's 4 GiB analyzer limit "
+    "(OOM-kill, then the same batch again after each restart). Not strict: the peak depends on timing."))
 @pytest.mark.timeout(1500)
-def test_soak_batch_of_14_large_images_fits_the_pod_memory_limit(local_stack, make_settings, worker_env, figures):
-    out = run_big_images(14, 14, local_stack=local_stack, make_settings=make_settings, worker_env=worker_env, figures=figures)
+def test_soak_default_batch_of_32_large_images_fits_the_pod_memory_limit(local_stack, make_settings, worker_env, figures):
+    out = run_big_images(32, 32, local_stack=local_stack, make_settings=make_settings, worker_env=worker_env, figures=figures)
     assert out["peak_hwm_mb"] < 4096
