@@ -7,6 +7,7 @@ the results topic, or dead-lettered with headers. A crash at any point re-reads 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -17,17 +18,25 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
 
 from pipelines.analyzer_api import AnalysisFailed, Analyzer, BackendUnavailable
 from schemas.posts import MalformedPost, PostError, PostV1, parse_post
-from schemas.results import AnalysisResultV1, StageTimings
+from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTimings
 from workers.es_sink import StoreRejected, StoreUnavailable
 from workers.logs import get_logger
 from workers.metrics import WorkerMetrics
 from workers.settings import Settings
 
 log = get_logger("moodwatch.analyzer")
+
+_REBALANCED = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
 
 
 class ImageSource(Protocol):
@@ -84,6 +93,22 @@ def commit_offsets(records: Sequence[Any]) -> dict[TopicPartition, OffsetAndMeta
         tp = TopicPartition(r.topic, r.partition)
         highest[tp] = max(highest.get(tp, -1), r.offset)
     return {tp: OffsetAndMetadata(off + 1, "", -1) for tp, off in highest.items()}
+
+
+def in_source_pixels(analysis: ImageAnalysis, image: Any) -> ImageAnalysis:
+    """Region boxes of an analysis of a downscaled array, mapped back onto the source image."""
+    h, w = image.rgb.shape[:2]
+    if (w, h) == (image.width, image.height):
+        return analysis
+    sx, sy = image.width / w, image.height / h
+
+    def box(r: Region) -> dict[str, int]:
+        x0, y0 = min(int(r.x0 * sx), image.width - 1), min(int(r.y0 * sy), image.height - 1)
+        x1, y1 = min(math.ceil(r.x1 * sx), image.width), min(math.ceil(r.y1 * sy), image.height)
+        return {"x0": x0, "y0": y0, "x1": max(x1, x0 + 1), "y1": max(y1, y0 + 1)}
+
+    regions = [r.model_copy(update=box(r)) for r in analysis.regions]
+    return analysis.model_copy(update={"regions": regions, "image_width": image.width, "image_height": image.height})
 
 
 class AnalyzerWorker:
@@ -270,7 +295,7 @@ class AnalyzerWorker:
             )
             results.append(
                 AnalysisResultV1.from_analysis(
-                    item.post, analysis, analyzed_at=now, model_versions=self.analyzer.versions, timings=timings
+                    item.post, in_source_pixels(analysis, item.image), analyzed_at=now, model_versions=self.analyzer.versions, timings=timings
                 )
             )
         return results
@@ -328,13 +353,18 @@ class AnalyzerWorker:
             fut.get(timeout=30)  # raises the KafkaError of any message that was not acknowledged
 
     def _commit(self, records: list[Any]) -> bool:
+        offsets = commit_offsets(records)
+        commit = lambda: self.consumer.commit(offsets=offsets, timeout_ms=self.settings.commit_timeout_ms)  # noqa: E731
         try:
-            self.consumer.commit(offsets=commit_offsets(records))
+            # A broker restart right here must not kill the worker: the results are stored and
+            # published, so wait for the broker like any other stage instead of re-reading the batch.
+            self._retry_until_done("commit", commit, self.metrics.commit_errors)
             return True
-        except CommitFailedError as exc:
+        except _REBALANCED as exc:
             # The group rebalanced while we held the batch: the new owner re-reads it, and the
             # idempotent store write makes that harmless.
-            log.warning("commit failed after rebalance; batch will be re-read by the new owner", error=str(exc))
+            log.warning("commit failed after rebalance; batch will be re-read by the new owner",
+                        error=f"{type(exc).__name__}: {exc}")
             return False
 
     # ---- helpers ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def analyze(
     backend: Optional[str] = typer.Option(None, help="local | triton (default: MOODWATCH_BACKEND)"),
 ) -> None:
     """Analyse image files directly (no broker, no store)."""
+    from workers.analyzer import in_source_pixels
     from workers.backends import build_analyzer
     from workers.images import ImageError, decode_image
 
@@ -49,12 +50,14 @@ def analyze(
     try:
         for path in paths:
             try:
-                image = decode_image(path.read_bytes(), max_pixels=settings.image_max_pixels, formats=formats)
+                image = decode_image(path.read_bytes(), max_pixels=settings.image_max_pixels, formats=formats,
+                                     max_side=settings.image_analysis_max_side)
             except ImageError as exc:
                 typer.echo(json.dumps({"path": str(path), "error": type(exc).__name__, "message": str(exc)}))
                 exit_code = 1
                 continue
             (analysis,) = analyzer.analyze([image.rgb])
+            analysis = in_source_pixels(analysis, image)  # same view of the image as the stream worker
             record = {"path": str(path), **analysis.model_dump(mode="json")}
             if format is OutputFormat.jsonl:
                 typer.echo(json.dumps(record))

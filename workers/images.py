@@ -27,6 +27,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import http.cookiejar
 import io
 import ipaddress
@@ -38,11 +41,11 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import httpcore
 import httpx
@@ -146,6 +149,8 @@ class LocalPathRefused(ImageError):
 
 @dataclass(frozen=True, eq=False)
 class DecodedImage:
+    """``rgb`` may be a downscaled copy (see ``max_side``); width/height are the upright source size."""
+
     rgb: np.ndarray  # H x W x 3, uint8, C-contiguous
     width: int
     height: int
@@ -296,12 +301,19 @@ def decode_image(
     max_pixels: int,
     formats: str | Iterable[str] = DEFAULT_FORMATS,
     max_bytes: int | None = None,
+    max_side: int | None = None,
+    pixel_gate: Callable[[int], ContextManager[Any]] | None = None,
 ) -> DecodedImage:
     """Decode encoded image bytes into an H x W x 3 uint8 RGB array, or raise an ImageError.
 
     Only the allowed Pillow decoders are tried; the pixel count is checked from the header before
     any pixel is decoded; the first frame of an animation is used; EXIF orientation is applied;
     alpha is composited over white; 16-bit, CMYK, palette and grayscale images become RGB.
+
+    max_side: the array is downscaled so its long side is at most this (JPEGs are decoded at a
+    reduced scale outright), so a batch never holds full-size bitmaps; width/height stay the source's.
+    pixel_gate: called with the source pixel count around the full-size decode (a shared budget
+    bounds how many large images are decoded at once).
     """
     allowed = parse_formats(formats)
     size = len(data)
@@ -322,36 +334,118 @@ def decode_image(
     with _pillow_errors("reading the header"):
         image = Image.open(io.BytesIO(data), formats=list(allowed))
     try:
-        return _decode_opened(image, allowed, max_pixels, size)
+        return _decode_opened(image, allowed, max_pixels, size, max_side, pixel_gate)
     finally:
         with contextlib.suppress(Exception):
             image.close()
 
 
-def _decode_opened(image: Image.Image, allowed: tuple[str, ...], max_pixels: int, size: int) -> DecodedImage:
+def _decode_opened(
+    image: Image.Image,
+    allowed: tuple[str, ...],
+    max_pixels: int,
+    size: int,
+    max_side: int | None,
+    pixel_gate: Callable[[int], ContextManager[Any]] | None,
+) -> DecodedImage:
     fmt = (image.format or "").upper()
     canonical = _FORMAT_ALIASES.get(fmt, fmt)
     if canonical not in allowed:
         raise UnsupportedFormat(f"{fmt or 'unknown format'} is not an allowed image format")
     width, height = image.size
     _check_pixels(width, height, max_pixels)  # before any pixel is decoded
-    with _pillow_errors("decoding"):
-        image.load()  # the first frame only; animations are never advanced
-    _check_pixels(*image.size, max_pixels)  # a GIF frame may grow the canvas
-    image = _apply_orientation(image)
-    with _pillow_errors("converting to RGB"):
-        try:
-            rgb = _to_rgb(image)
-        except ValueError as exc:
-            if "conversion" in str(exc).lower() or "not supported" in str(exc).lower():
-                raise UnsupportedFormat(f"colour mode {image.mode} cannot be converted to RGB") from None
-            raise
-    with _pillow_errors("converting to an array"):
-        array = np.array(rgb, dtype=np.uint8, copy=True)
+    opened = image
+    with pixel_gate(width * height) if pixel_gate else contextlib.nullcontext():
+        drafted = False
+        if max_side and canonical == "JPEG" and max(width, height) > max_side:
+            with _pillow_errors("decoding"):
+                image.draft(None, (max_side, max_side))  # DCT scaling: 1/2, 1/4 or 1/8 of the pixels
+            drafted = image.size != (width, height)
+        with _pillow_errors("decoding"):
+            image.load()  # the first frame only; animations are never advanced
+        _check_pixels(*image.size, max_pixels)  # a GIF frame may grow the canvas
+        stored = image.size
+        image = _apply_orientation(image)
+        transposed = image.size != stored
+        source = ((height, width) if transposed else (width, height)) if drafted else image.size
+        with _pillow_errors("converting to RGB"):
+            try:
+                rgb = _to_rgb(image)
+            except ValueError as exc:
+                if "conversion" in str(exc).lower() or "not supported" in str(exc).lower():
+                    raise UnsupportedFormat(f"colour mode {image.mode} cannot be converted to RGB") from None
+                raise
+        del image
+        if max_side and max(rgb.size) > max_side:
+            with _pillow_errors("downscaling"):
+                rgb = rgb.resize(_fit_within(rgb.size, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        with _pillow_errors("converting to an array"):
+            array = np.array(rgb, dtype=np.uint8, copy=True)
+        # Free the full-size bitmaps before the budget is released, and hand the pages back to the OS:
+        # otherwise each fetch thread's malloc arena keeps its own ~4 bytes/pixel high-water mark.
+        del rgb
+        with contextlib.suppress(Exception):
+            opened.close()
+        if width * height >= _TRIM_AFTER_PIXELS:
+            _release_freed_memory()
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] <= 0 or array.shape[1] <= 0:
         raise CorruptImage(f"decoder produced an array of shape {array.shape}")
     array = np.ascontiguousarray(array)
-    return DecodedImage(rgb=array, width=int(array.shape[1]), height=int(array.shape[0]), format=canonical, source_bytes=size)
+    return DecodedImage(rgb=array, width=int(source[0]), height=int(source[1]), format=canonical, source_bytes=size)
+
+
+_TRIM_AFTER_PIXELS = 4_000_000
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_freed_memory() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    w, h = size
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+class PixelBudget:
+    """A counting gate over decoded pixels shared by the fetch threads: a decode waits until its
+    full-size pixels fit, so peak decode memory is bounded whatever the batch holds."""
+
+    def __init__(self, pixels: int) -> None:
+        if pixels <= 0:
+            raise ValueError("the pixel budget must be > 0")
+        self.pixels = int(pixels)
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        need = min(int(pixels), self.pixels)  # one image larger than the budget runs alone
+        with self._cond:
+            self._cond.wait_for(lambda: self._used + need <= self.pixels)
+            self._used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return self._used
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
@@ -810,6 +904,8 @@ class ImageLoader:
         self.max_pixels = int(settings.image_max_pixels)
         self.timeout_s = float(settings.image_fetch_timeout_s)
         self.formats = parse_formats(settings.image_formats)
+        self.max_side = int(settings.image_analysis_max_side)
+        self.budget = PixelBudget(settings.image_decode_budget_pixels)
         if self.max_bytes <= 0 or self.max_pixels <= 0 or self.timeout_s <= 0:
             raise ValueError("image_max_bytes, image_max_pixels and image_fetch_timeout_s must be > 0")
         if not self.formats:
@@ -831,7 +927,8 @@ class ImageLoader:
         try:
             data = self.fetch(ref)
             stage = "decode"
-            return decode_image(data, max_pixels=self.max_pixels, formats=self.formats, max_bytes=self.max_bytes)
+            return decode_image(data, max_pixels=self.max_pixels, formats=self.formats, max_bytes=self.max_bytes,
+                                max_side=self.max_side, pixel_gate=self.budget.reserve)
         except ImageError as exc:
             log.info("image refused: %s: %s [%s/%s]", describe_ref(ref), exc, exc.stage, exc.code)
             raise

@@ -23,6 +23,7 @@ class WorkerMetrics:
     store_errors: Counter
     backend_errors: Counter
     producer_errors: Counter
+    commit_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "WorkerMetrics":
@@ -56,6 +57,7 @@ class WorkerMetrics:
             store_errors=Counter("moodwatch_store_errors", "Failed store write attempts", registry=registry),
             backend_errors=Counter("moodwatch_backend_errors", "Failed model backend calls", registry=registry),
             producer_errors=Counter("moodwatch_producer_errors", "Failed Kafka produce attempts", registry=registry),
+            commit_errors=Counter("moodwatch_commit_errors", "Failed offset commit attempts", registry=registry),
         )
 
 

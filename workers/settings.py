@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     consumer_group: str = Field("moodwatch-analyzer", description="consumer group of the analyzer workers")
     kafka_session_timeout_ms: int = Field(10_000, description="group session timeout; a join takes about half of it")
     kafka_max_poll_interval_ms: int = Field(300_000, description="max time between polls before the group evicts the worker")
+    commit_timeout_ms: int = Field(10_000, ge=100, description="one offset-commit attempt; a failed attempt is retried like a store outage")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol")
     kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
@@ -47,11 +48,13 @@ class Settings(BaseSettings):
     es_results_index: str = Field("moodwatch-results", description="index of AnalysisResultV1 documents (_id = post_id)")
     es_alerts_index: str = Field("moodwatch-alerts", description="index of AlertV1 documents (_id = alert_id)")
     es_request_timeout_s: float = Field(30.0, description="per-request timeout")
-    store_retry_max_s: float = Field(600.0, description="give up retrying a failing store write after this long")
+    store_retry_max_s: float = Field(600.0, description="give up waiting out a store, model backend or broker outage after this long (the worker exits; nothing is committed)")
 
     # Images
     image_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image accepted, in bytes")
     image_max_pixels: int = Field(40_000_000, ge=1, description="largest width*height decoded (bomb guard)")
+    image_analysis_max_side: int = Field(1024, ge=256, le=16384, description="decoded images are downscaled to this long side before analysis (the models use 224 px; region boxes stay in source pixels); bounds memory per batch")
+    image_decode_budget_pixels: int = Field(80_000_000, ge=1, description="source pixels decoded at full size at once across the fetch threads; larger work waits its turn (bounds peak memory)")
     image_fetch_timeout_s: float = Field(5.0, gt=0, le=60, description="total deadline for fetching one image URL")
     image_formats: str = Field("JPEG,PNG,GIF,WEBP,BMP", description="decoders allowed (TIFF is off: large attack surface)")
     image_allowed_hosts: str = Field("*", description="comma-separated host allowlist for image URLs; * = any public host")
