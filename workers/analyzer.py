@@ -7,8 +7,11 @@ the results topic, or dead-lettered with headers. A crash at any point re-reads 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -111,6 +114,17 @@ def in_source_pixels(analysis: ImageAnalysis, image: Any) -> ImageAnalysis:
     return analysis.model_copy(update={"regions": regions, "image_width": image.width, "image_height": image.height})
 
 
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
+
+
+def exit_stalled(seconds: float) -> None:
+    log.error("kafka consumer stalled; exiting for a restart (uncommitted work is re-read)",
+              stalled_s=round(seconds, 1), exit_code=STALL_EXIT_CODE)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(STALL_EXIT_CODE)  # the main thread is stuck in the client: a clean shutdown cannot run
+
+
 class AnalyzerWorker:
     """One consumer-group member. All dependencies are injected so tests can swap any of them."""
 
@@ -125,6 +139,7 @@ class AnalyzerWorker:
         store: ResultStore,
         metrics: WorkerMetrics,
         on_tick: Callable[[], None] = lambda: None,
+        on_stall: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -137,6 +152,11 @@ class AnalyzerWorker:
         self.stop_event = threading.Event()
         self.waiting = False  # True while an outage is waited out with the partitions paused
         self._last_lag_check = 0.0
+        self.on_stall = on_stall or exit_stalled
+        self._poll_started: float | None = None
+        self._lag_total: int | None = None  # from the last lag refresh; None when unknown
+        self._last_progress = time.monotonic()
+        self._watchdog_stop = threading.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -157,16 +177,19 @@ class AnalyzerWorker:
         batches, idle_since = 0, time.monotonic()
         log.info("analyzer started", topic=self.settings.posts_topic, group=self.settings.consumer_group,
                  backend=self.analyzer.versions.backend)
+        watchdog = threading.Thread(target=self._watch_for_stalls, name="kafka-stall-watchdog", daemon=True)
+        watchdog.start()
         try:
             while not self.stop_event.is_set():
                 self.on_tick()
                 records = self.poll_batch()
                 if not records:
                     self._update_lag()  # an idle worker must report its lag falling to zero
+                    self._check_fetch_stall()
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     continue
-                idle_since = time.monotonic()
+                idle_since = self._last_progress = time.monotonic()
                 try:
                     self.process(records)
                 except ShutdownDuringRetry as exc:
@@ -176,7 +199,39 @@ class AnalyzerWorker:
                 if max_batches is not None and batches >= max_batches:
                     break
         finally:
+            self._watchdog_stop.set()
             self.close()
+
+    def _watch_for_stalls(self) -> None:
+        """A poll() that never returns (a client hang) is caught here, off the main thread. For both
+        stalls the way out is the supervisor's: exit, be restarted, resume from the committed
+        offsets; whatever was in hand uncommitted is re-read, nothing is lost."""
+        limit = self.settings.kafka_stall_exit_s
+        while not self._watchdog_stop.wait(min(1.0, limit / 10)):
+            since = self._poll_started
+            if since is not None and time.monotonic() - since > limit:
+                self.on_stall(time.monotonic() - since)
+                return
+
+    def _check_fetch_stall(self) -> None:
+        """The other kafka-python 3.0 stall (upstream issues 3106, 3131): poll() keeps returning nothing
+        although the assigned, unpaused partitions have lag. Only a fresh consumer recovers."""
+        now = time.monotonic()
+        if not self._lag_total or self.waiting:
+            self._last_progress = now  # nothing to read (or lag unknown): idle, not stalled
+            return
+        stalled = now - self._last_progress
+        if stalled > self.settings.kafka_stall_exit_s:
+            log.error("consumer returns no records although its partitions have lag", lag=self._lag_total,
+                      stalled_s=round(stalled, 1))
+            self.on_stall(stalled)
+
+    def _poll(self, timeout_ms: int, **kw: Any) -> dict[Any, list[Any]]:
+        self._poll_started = time.monotonic()
+        try:
+            return self.consumer.poll(timeout_ms=timeout_ms, **kw)
+        finally:
+            self._poll_started = None
 
     def close(self) -> None:
         try:
@@ -200,7 +255,7 @@ class AnalyzerWorker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            polled = self.consumer.poll(timeout_ms=max(1, int(remaining * 1000)), max_records=limit - len(records))
+            polled = self._poll(timeout_ms=max(1, int(remaining * 1000)), max_records=limit - len(records))
             for batch in polled.values():
                 records.extend(batch)
             if not records:
@@ -412,7 +467,7 @@ class AnalyzerWorker:
         end = time.monotonic() + seconds
         while time.monotonic() < end and not self.stop_event.is_set():
             self.on_tick()
-            polled = self.consumer.poll(timeout_ms=min(500, max(1, int((end - time.monotonic()) * 1000))))
+            polled = self._poll(timeout_ms=min(500, max(1, int((end - time.monotonic()) * 1000))))
             # A rebalance during the wait can hand us partitions that are not paused; whatever they
             # returned must be read again later, not dropped (dropping it would let a later commit skip it).
             self.consumer.pause(*self.consumer.assignment())
@@ -427,13 +482,18 @@ class AnalyzerWorker:
             return
         self._last_lag_check = now
         try:
+            self._lag_total = None
             assignment = self.consumer.assignment()
             if not assignment:
                 return
             ends = self.consumer.end_offsets(list(assignment))
+            total = 0
             for tp in assignment:
                 position = self.consumer.position(tp)
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, ends.get(tp, position) - position))
+                lag = max(0, ends.get(tp, position) - position)
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
+                total += lag
+            self._lag_total = total
         except KafkaError as exc:
             log.debug("lag update failed", error=str(exc))
 

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     consumer_group: str = Field("moodwatch-analyzer", description="consumer group of the analyzer workers")
     kafka_session_timeout_ms: int = Field(10_000, description="group session timeout; a join takes about half of it")
     kafka_max_poll_interval_ms: int = Field(300_000, description="max time between polls before the group evicts the worker")
+    kafka_stall_exit_s: float = Field(90.0, gt=0, description="exit with code 75 (to be restarted) when a consumer poll has not returned, or polls returned nothing while the partitions have lag, for this long (kafka-python 3.0 stalls after broker restarts)")
     commit_timeout_ms: int = Field(10_000, ge=100, description="one offset-commit attempt; a failed attempt is retried like a store outage")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol")

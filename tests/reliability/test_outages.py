@@ -89,10 +89,14 @@ def s3_broker(tmp_path):
 def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_broker, noida, make_settings,
                         worker_env, figures) -> None:
     stack = LocalStack(tansu=s3_broker, store=noida)
-    settings = make_settings(stack, create_with=s3_broker)
+    settings = make_settings(stack, create_with=s3_broker, kafka_stall_exit_s=30)
     stream = build_stream(n_posts, poison_share_per_kind=0.01, seed=SEED + 2)
     ends, _ = produce(settings.kafka_bootstrap, settings.posts_topic, stream.records)
-    worker = worker_env(settings).start()
+    # ~0.3 s per batch of 64: the stream lasts long enough for every restart to land mid-stream
+    worker = worker_env(settings, MOODWATCH_CHAOS_ANALYZE_DELAY_S="0.3").start()
+    # kafka-python 3.0.12 sometimes hangs inside poll() after the broker comes back (seen in CI): the
+    # worker's stall watchdog then exits with code 75 and, as a Deployment would, we restart it.
+    worker.restart_on_stall_exit = True
     worker.wait_event("commit", timeout=180)
     done = all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends)
     log = []
@@ -120,7 +124,8 @@ def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_b
     # are the broker's, and are reported, not blamed on the worker. ES and the DLQ stay strict.
     verdict = verify(settings, stream, tolerate_broker_holes=True)
     figures.update(verdict.figures())
-    figures.update({"broker_restarts": len(log), "worker_restarts": worker.starts - 1, "restart_log": log,
+    figures.update({"broker_restarts": len(log), "worker_restarts": worker.starts - 1,
+                    "worker_stall_exits": worker.stall_restarts, "restart_log": log,
                     "broker_storage": "s3://localbucket"})
     assert verdict.ok, verdict.explain()
 

@@ -33,6 +33,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.factories import tiny_png_b64
 from tests.support.chaos import read_events
+from workers.analyzer import STALL_EXIT_CODE
 from workers.es_sink import make_es_client
 from workers.sample_posts import png_bomb
 
@@ -423,6 +424,10 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
         self.peak_rss_kb = 0
         self.starts = 0
+        # Like a Deployment's restartPolicy for the one exit that asks for it (the stall watchdog's):
+        # alive() restarts the worker when it has exited with STALL_EXIT_CODE.
+        self.restart_on_stall_exit = False
+        self.stall_restarts = 0
 
     def env(self, **more: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOODWATCH_")}
@@ -451,7 +456,15 @@ class WorkerProcess:
         return self.proc.pid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is None:
+            return False
+        if self.proc.poll() is None:
+            return True
+        if self.restart_on_stall_exit and self.proc.returncode == STALL_EXIT_CODE:
+            self.stall_restarts += 1
+            self.start()
+            return True
+        return False
 
     def sample_memory(self) -> dict[str, int]:
         """VmRSS / VmHWM in kB from /proc (the HWM is the process's own peak so far)."""

@@ -70,10 +70,12 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 class ChaosAnalyzer:
-    """Delegates to the real analyzer unless the outage flag file exists."""
+    """Delegates to the real analyzer unless the outage flag file exists; `delay_s` per batch slows
+    the worker down so an outage is sure to land mid-stream."""
 
-    def __init__(self, inner: Any, flag: str | None, events: EventLog) -> None:
+    def __init__(self, inner: Any, flag: str | None, events: EventLog, delay_s: float = 0.0) -> None:
         self.inner, self.flag, self.events = inner, Path(flag) if flag else None, events
+        self.delay_s = delay_s
         self.versions = inner.versions
         self.refused = 0
 
@@ -85,6 +87,8 @@ class ChaosAnalyzer:
 
     def analyze(self, images):
         self._check()
+        if self.delay_s:
+            time.sleep(self.delay_s)
         return self.inner.analyze(images)
 
     def ready(self) -> bool:
@@ -184,7 +188,8 @@ def main() -> None:
     log = get_logger("moodwatch.chaos")
     health = HealthState()
     server = serve_health(health, settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
-    analyzer = ChaosAnalyzer(build_tiny_analyzer(), os.environ.get("MOODWATCH_CHAOS_BACKEND_DOWN_FILE"), events)
+    analyzer = ChaosAnalyzer(build_tiny_analyzer(), os.environ.get("MOODWATCH_CHAOS_BACKEND_DOWN_FILE"), events,
+                             delay_s=float(os.environ.get("MOODWATCH_CHAOS_ANALYZE_DELAY_S", "0")))
     worker = build_worker(settings, analyzer=analyzer, health=health, create_topics=False)
     worker.store = ChaosStore(worker.store, int(os.environ.get("MOODWATCH_CHAOS_KILL_AFTER_STORES", "0")), events)
     worker.consumer = ChaosConsumer(worker.consumer, int(os.environ.get("MOODWATCH_CHAOS_KILL_BEFORE_COMMIT", "0")), events)
