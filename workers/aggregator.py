@@ -440,14 +440,7 @@ def decode_result(raw: bytes | None) -> Observation:
     """A post-sentiment value -> Observation; raises ValueError on anything invalid."""
     if raw is None:
         raise ValueError("tombstone")
-    r = _ResultFields.model_validate_json(raw)
-    return Observation(
-        post_id=r.post_id,
-        channel=r.channel,
-        ts=r.created_at.timestamp(),
-        negative=r.polarity == "negative",
-        emotions=tuple(r.emotions.as_list()),
-    )
+    return Observation.from_result(_ResultFields.model_validate_json(raw))
 
 
 def create_app(settings: AggregatorSettings | None = None, *, metrics: AggregatorMetrics | None = None) -> AggregatorApp:

@@ -120,7 +120,8 @@ class Observation:
     emotions: tuple[float, ...]  # wheel order, len 8
 
     @classmethod
-    def from_result(cls, result: AnalysisResultV1) -> "Observation":
+    def from_result(cls, result: AnalysisResultV1 | Any) -> "Observation":
+        """From an AnalysisResultV1 or any view of one with the same fields (the aggregator's)."""
         return cls(
             post_id=result.post_id,
             channel=result.channel,
