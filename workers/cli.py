@@ -45,12 +45,12 @@ def analyze(
 
     settings = _settings(backend=backend)
     analyzer = build_analyzer(settings)
-    formats = tuple(f.strip().upper() for f in settings.image_formats.split(","))
     exit_code = 0
     try:
         for path in paths:
             try:
-                image = decode_image(path.read_bytes(), max_pixels=settings.image_max_pixels, formats=formats,
+                image = decode_image(path.read_bytes(), max_pixels=settings.image_max_pixels,
+                                     formats=settings.image_formats,
                                      max_side=settings.image_analysis_max_side)
             except ImageError as exc:
                 typer.echo(json.dumps({"path": str(path), "error": type(exc).__name__, "message": str(exc)}))
