@@ -58,7 +58,7 @@ COPY . /src
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install /src \
  && python -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__" \
- && python -c "import workers.cli, workers.health" \
+ && python -c "import workers.cli, workers.common.health" \
  && moodwatch --help >/dev/null
 
 # The model repository the Triton init container copies, the artifacts folder, and (by default)
@@ -112,7 +112,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /opt/moodwatch
 USER 10001:10001
 
-# 9464: /metrics, /livez, /readyz (workers/health.py); 8080: the dashboard page.
+# 9464: /metrics, /livez, /readyz (workers/common/health.py); 8080: the dashboard page.
 EXPOSE 9464 8080
 
 # Liveness of the worker loop, for plain Docker / Compose (Kubernetes uses the chart's probes).

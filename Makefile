@@ -42,7 +42,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not slow"
 
 bench: $(STAMP)
-	$(PY) -m pipelines.bench
+	$(PY) -m workers.devstack.bench
 
 soak: $(STAMP)
 	MOODWATCH_SOAK=1 $(PY) -m pytest -q -m slow tests/reliability

@@ -8,7 +8,7 @@ GIL) -> RoI features from the same feature map -> region scores -> AR top-K -> s
 The stages are module functions (``retrieval_stage``, ``heads_stage``, ``region_distributions``)
 and the step from stage outputs to an ``ImageAnalysis`` is ``compose_analysis``, so that every
 backend -- ``LocalAnalyzer`` here, the Triton models in triton_repo/ and the Triton client in
-workers/triton_backend.py -- computes the same numbers with the same code.
+workers/adapters/triton_client.py -- computes the same numbers with the same code.
 """
 
 from __future__ import annotations

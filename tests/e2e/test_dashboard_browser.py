@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.factories import T0, make_result, tiny_png
-from workers.aggregator_settings import AggregatorSettings
-from workers.dashboard import serve_dashboard
-from workers.es_sink import AlertSink, ResultSink, install_templates, make_es_client
-from workers.localstack import NoidaStore
-from workers.spikes import alert_id
+from workers.aggregator.settings import AggregatorSettings
+from workers.dashboard.server import serve_dashboard
+from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
+from workers.devstack.servers import NoidaStore
+from workers.aggregator.detection import alert_id
 
 pytestmark = [pytest.mark.timeout(240)]
 

@@ -30,7 +30,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from workers.localstack import LocalStack, NoidaStore, Tansu  # noqa: E402
+from workers.devstack.servers import LocalStack, NoidaStore, Tansu  # noqa: E402
 
 KAFKA_TEST_CONSUMER = {
     "session_timeout_ms": 6000,

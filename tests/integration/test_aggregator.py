@@ -28,11 +28,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.factories import T0, make_result
-from workers.aggregator_settings import AggregatorSettings
-from workers.alerts_out import SIGNATURE_HEADER, verify_signature
-from workers.es_sink import make_es_client
-from workers.localstack import free_port
-from workers.spikes import MoodAggregator, Observation, alert_id
+from workers.aggregator.settings import AggregatorSettings
+from workers.aggregator.alerts_out import SIGNATURE_HEADER, verify_signature
+from workers.adapters.elastic import make_es_client
+from workers.devstack.servers import free_port
+from workers.aggregator.detection import MoodAggregator, Observation, alert_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -336,7 +336,7 @@ def test_restart_before_the_spike_with_several_partitions(tansu, setup):
 def test_gap_repair_re_reads_exactly_the_skipped_records(tansu, tmp_path):
     import asyncio
 
-    from workers.aggregator import AggregatorMetrics, GapRepair, create_app
+    from workers.aggregator.app import AggregatorMetrics, GapRepair, create_app
 
     tag = uuid.uuid4().hex[:8]
     topic = f"gaps-{tag}"
@@ -373,7 +373,7 @@ def test_verified_end_offsets_corrects_tansus_short_list_offsets(tansu):
 
     import aiokafka
 
-    from workers.aggregator import verified_end_offsets
+    from workers.aggregator.app import verified_end_offsets
 
     topic = f"ends-{uuid.uuid4().hex[:8]}"
     tansu.create_topics([topic], partitions=2)

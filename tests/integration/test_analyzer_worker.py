@@ -15,12 +15,12 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from tests.factories import tiny_png_b64
 from tests.support.tiny import tiny_analyzer
-from workers.es_sink import make_es_client
+from workers.adapters.elastic import make_es_client
 from prometheus_client import CollectorRegistry
 
-from workers.metrics import WorkerMetrics
-from workers.runtime import build_worker
-from workers.sample_posts import poison_posts
+from workers.analyzer.metrics import WorkerMetrics
+from workers.analyzer.wiring import build_worker
+from workers.devstack.sample_posts import poison_posts
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""workers/dashboard.py against a real Elasticsearch-API store (noida-db) with seeded results.
+"""workers/dashboard/server.py against a real Elasticsearch-API store (noida-db) with seeded results.
 
 One dashboard server and one seeded pair of indices per module.
 """
@@ -18,10 +18,10 @@ import pytest
 
 from schemas.emotions import MIKELS_EMOTIONS
 from tests.factories import T0, make_alert, make_result, tiny_png
-from workers.aggregator_settings import AggregatorSettings
-from workers.dashboard import MAX_BUCKETS, pick_interval, serve_dashboard
-from workers.es_sink import AlertSink, ResultSink, install_templates, make_es_client
-from workers.spikes import alert_id
+from workers.aggregator.settings import AggregatorSettings
+from workers.dashboard.server import MAX_BUCKETS, pick_interval, serve_dashboard
+from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
+from workers.aggregator.detection import alert_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -134,7 +134,7 @@ def test_timeline_is_a_date_histogram_of_negative_share_per_channel(dash):
         n[1] += neg
     seen = 0
     for b in data["buckets"]:
-        from workers.dashboard import _parse_time
+        from workers.dashboard.server import _parse_time
 
         t = int(_parse_time(b["t"]).timestamp())
         for ch, v in b["channels"].items():
@@ -152,7 +152,7 @@ def test_timeline_is_a_date_histogram_of_negative_share_per_channel(dash):
 def test_ranges_are_relative_to_the_newest_post(dash):
     server, *_ = dash
     data = get_json(server, "/api/timeline?range=1h")
-    from workers.dashboard import _parse_time
+    from workers.dashboard.server import _parse_time
 
     start, end = _parse_time(data["start"]), _parse_time(data["end"])
     assert timedelta(hours=1) <= end - start < timedelta(hours=1, minutes=2)

@@ -1,4 +1,4 @@
-"""workers.es_sink against a real Elasticsearch-API store (noida-db)."""
+"""workers.adapters.elastic against a real Elasticsearch-API store (noida-db)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from schemas.results import AlertV1, AnalysisResultV1
 from tests.factories import make_alert, make_result, make_results
-from workers.es_sink import (
+from workers.adapters.elastic import (
     AlertSink,
     ResultSink,
     StoreRejected,
@@ -23,8 +23,8 @@ from workers.es_sink import (
     ping,
     redact_url,
 )
-from workers.localstack import NoidaStore, free_port
-from workers.settings import Settings
+from workers.devstack.servers import NoidaStore, free_port
+from workers.common.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from schemas.posts import ImageRef
-from workers.images import (
+from workers.adapters.images.loader import (
     BlockedURL,
     DecodedImage,
     FetchFailed,
@@ -26,7 +26,7 @@ from workers.images import (
     UnsupportedFormat,
     UrlPolicy,
 )
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -1,4 +1,4 @@
-"""workers.localstack against the real servers: tansu, localbucket, noida-db."""
+"""workers.devstack.servers against the real servers: tansu, localbucket, noida-db."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from workers.localstack import LocalStack, ManagedProcess, NoidaStore, ProcessStartError, Tansu
+from workers.devstack.servers import LocalStack, ManagedProcess, NoidaStore, ProcessStartError, Tansu
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

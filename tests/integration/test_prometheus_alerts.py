@@ -23,9 +23,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from workers.health import HealthState, serve_health
-from workers.localstack import free_port
-from workers.metrics import WorkerMetrics
+from workers.common.health import HealthState, serve_health
+from workers.devstack.servers import free_port
+from workers.analyzer.metrics import WorkerMetrics
 
 pytestmark = pytest.mark.integration
 

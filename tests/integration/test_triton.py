@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 import pipelines.analyze as analyze_module  # noqa: E402
-import workers.triton_backend as triton_backend_module  # noqa: E402
+import workers.adapters.triton_client as triton_backend_module  # noqa: E402
 from models.encoders import load_image_backbone, tiny_text_encoder  # noqa: E402
 from models.moodnet import HeadsConfig, MoodHeads  # noqa: E402
 from pipelines.analyze import AnalyzerOptions, LocalAnalyzer  # noqa: E402
@@ -43,8 +43,8 @@ from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable  # noqa: E
 from pipelines.checkpoints import load_heads, save_heads  # noqa: E402
 from pipelines.regions import region_candidates  # noqa: E402
 from pipelines.retrieval import SentenceDatabase, load_seed_sentences  # noqa: E402
-from workers.triton_backend import TritonAnalyzer, TritonOptions  # noqa: E402
-from workers.triton_local import TritonServer, start_local_triton  # noqa: E402
+from workers.adapters.triton_client import TritonAnalyzer, TritonOptions  # noqa: E402
+from workers.devstack.triton_server import TritonServer, start_local_triton  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -307,9 +307,9 @@ def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
     triton_server, local_stack, fresh_topics, unique_group_id, tiny_assets
 ):
     from tests.factories import tiny_png_b64
-    from workers.es_sink import make_es_client
-    from workers.metrics import WorkerMetrics
-    from workers.runtime import build_worker
+    from workers.adapters.elastic import make_es_client
+    from workers.analyzer.metrics import WorkerMetrics
+    from workers.analyzer.wiring import build_worker
 
     topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=1)
     index = f"results-triton-{uuid.uuid4().hex[:8]}"

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support.tiny import tiny_analyzer
-from workers.health import HealthState, serve_health
-from workers.localstack import LocalStack, NoidaStore, Tansu
-from workers.metrics import WorkerMetrics
-from workers.runtime import build_worker
+from workers.common.health import HealthState, serve_health
+from workers.devstack.servers import LocalStack, NoidaStore, Tansu
+from workers.analyzer.metrics import WorkerMetrics
+from workers.analyzer.wiring import build_worker
 
 
 def readiness(url: str) -> tuple[int, dict]:

@@ -28,7 +28,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures are found by n
     tansu,
     unique_group_id,
 )
-from workers.localstack import free_port
+from workers.devstack.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent

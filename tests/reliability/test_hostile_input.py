@@ -43,7 +43,7 @@ from tests.support.fakes import FakeConsumer, FakeProducer, FakeStore, Rec
 from schemas.posts import PostError, PostV1, parse_post
 from tests.reliability.conftest import SEED, SOAK
 from tests.reliability.verify import all_committed, es_ids, produce, read_topic, wait_until
-from workers.sample_posts import png_bomb
+from workers.devstack.sample_posts import png_bomb
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin"),
@@ -210,10 +210,10 @@ def inproc_worker(tiny_db_dir):
     from prometheus_client import CollectorRegistry
 
     from tests.support.chaos import build_tiny_analyzer
-    from workers.analyzer import AnalyzerWorker
-    from workers.images import ImageLoader
-    from workers.metrics import WorkerMetrics
-    from workers.settings import Settings
+    from workers.analyzer.worker import AnalyzerWorker
+    from workers.adapters.images.loader import ImageLoader
+    from workers.analyzer.metrics import WorkerMetrics
+    from workers.common.settings import Settings
 
     os.environ["MOODWATCH_TEST_DB_DIR"] = str(tiny_db_dir)
     torch.set_num_threads(1)
@@ -584,7 +584,7 @@ def test_hostile_catalogue_through_the_running_worker(local_stack, make_settings
         if got != expected:
             wrong.append(f"{name}: got {got}, expected {expected}")
     assert all(f"cat-valid-{i}" in stored for i in range(20)), "the valid posts around the hostile ones must flow"
-    from workers.es_sink import make_es_client
+    from workers.adapters.elastic import make_es_client
 
     es = make_es_client(settings)
     rotated = es.get(index=settings.es_results_index, id="cat-jpeg-exif-orientation-6")["_source"]
@@ -632,7 +632,7 @@ def run_big_images(n_big: int, batch: int, *, local_stack, make_settings, worker
            "analysed": sum(f"big-{i}" in stored for i in range(n_big))}
     figures.update(out)
     assert out["analysed"] == n_big
-    from workers.es_sink import make_es_client
+    from workers.adapters.elastic import make_es_client
 
     es = make_es_client(settings)
     doc = es.get(index=settings.es_results_index, id="big-0")["_source"]

@@ -31,7 +31,7 @@ from tests.reliability.verify import (
     verify,
     wait_until,
 )
-from workers.localstack import LocalStack, NoidaStore, Tansu
+from workers.devstack.servers import LocalStack, NoidaStore, Tansu
 
 
 def lag_gauge(settings) -> float | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.verify import all_committed, produce, read_topic, scrape_metric, wait_until
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 # Values that cannot reach anything; what must never be printed.
 ES_PASSWORD = "es-pw-7f3a9c1e-NEVER-LOG"
@@ -88,7 +88,7 @@ def test_settings_never_render_secrets(figures_secrets, monkeypatch):
     monkeypatch.setenv("MOODWATCH_KAFKA_SASL_PASSWORD", SASL_PASSWORD)
     from_env = Settings()
     assert from_env.es_password.get_secret_value() == ES_PASSWORD  # read from the environment
-    from workers.aggregator_settings import AggregatorSettings
+    from workers.aggregator.settings import AggregatorSettings
 
     agg = AggregatorSettings(alert_webhook_secret=WEBHOOK_SECRET, alert_webhook_url="https://hooks.example.com/x")
     renders = {
@@ -117,7 +117,7 @@ class Recorder:
 
 
 def test_tls_and_sasl_reach_kafka_python(monkeypatch, figures_secrets):
-    from workers import kafka_io
+    from workers.adapters import kafka_io
 
     Recorder.calls = []
     for name in ("KafkaConsumer", "KafkaProducer", "KafkaAdminClient"):
@@ -143,8 +143,8 @@ def test_tls_and_sasl_reach_kafka_python(monkeypatch, figures_secrets):
 
 
 def test_tls_auth_and_api_key_reach_elasticsearch(monkeypatch, capsys, figures_secrets):
-    from workers import es_sink
-    from workers.logs import configure_logging
+    from workers.adapters import elastic as es_sink
+    from workers.common.logs import configure_logging
 
     configure_logging("DEBUG", json=True)
     Recorder.calls = []
@@ -163,7 +163,7 @@ def test_tls_auth_and_api_key_reach_elasticsearch(monkeypatch, capsys, figures_s
 
 def test_image_url_tokens_and_user_info_stay_out_of_refusals(caplog, figures_secrets):
     from schemas.posts import ImageRef
-    from workers.images import ImageLoader
+    from workers.adapters.images.loader import ImageLoader
 
     loader = ImageLoader(Settings(image_fetch_timeout_s=1.0, metrics_port=0))
     try:
@@ -184,9 +184,9 @@ def test_image_url_tokens_and_user_info_stay_out_of_refusals(caplog, figures_sec
 
 
 def test_alert_webhook_failures_do_not_print_the_secret(capsys, caplog, figures_secrets):
-    from workers.alerts_out import WebhookError, WebhookSender
-    from workers.localstack import free_port
-    from workers.logs import configure_logging
+    from workers.aggregator.alerts_out import WebhookError, WebhookSender
+    from workers.devstack.servers import free_port
+    from workers.common.logs import configure_logging
     from tests.factories import make_alert
 
     configure_logging("DEBUG", json=True)
@@ -216,7 +216,7 @@ def test_kafka_python_debug_output_stays_capped(capsys, figures_secrets):
 
     from kafka import KafkaAdminClient
 
-    from workers.logs import configure_logging
+    from workers.common.logs import configure_logging
 
     source = inspect.getsource(KafkaAdminClient.__init__)
     prints_config = "Starting KafkaAdminClient with configuration" in source

@@ -33,9 +33,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.factories import tiny_png_b64
 from tests.support.chaos import read_events
-from workers.analyzer import STALL_EXIT_CODE
-from workers.es_sink import make_es_client
-from workers.sample_posts import png_bomb
+from workers.analyzer.worker import STALL_EXIT_CODE
+from workers.adapters.elastic import make_es_client
+from workers.devstack.sample_posts import png_bomb
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 Like tests/support/tiny_worker.py (which it does not change), but built for the reliability tests:
 the health + /metrics endpoint is served (MOODWATCH_METRICS_PORT) exactly as `run_worker` does, and
-the dependencies of the real `AnalyzerWorker` (from `workers.runtime.build_worker`) are wrapped so a
+the dependencies of the real `AnalyzerWorker` (from `workers.analyzer.wiring.build_worker`) are wrapped so a
 test can break them from outside or have the process die at a chosen moment.
 
 Environment (besides the MOODWATCH_* settings):
@@ -177,10 +177,10 @@ def main() -> None:
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: stacks into the log (hangs)
-    from workers.health import HealthState, serve_health
-    from workers.logs import configure_logging, get_logger
-    from workers.runtime import build_worker
-    from workers.settings import Settings
+    from workers.common.health import HealthState, serve_health
+    from workers.common.logs import configure_logging, get_logger
+    from workers.analyzer.wiring import build_worker
+    from workers.common.settings import Settings
 
     events = EventLog(os.environ.get(EVENTS_ENV))
     settings = Settings()

@@ -11,9 +11,9 @@ import os
 import signal
 
 from tests.support.tiny import tiny_analyzer
-from workers.logs import configure_logging
-from workers.runtime import build_worker
-from workers.settings import Settings
+from workers.common.logs import configure_logging
+from workers.analyzer.wiring import build_worker
+from workers.common.settings import Settings
 
 
 class KillingStore:

@@ -1,4 +1,4 @@
-"""workers/health.py: real HTTP calls on 127.0.0.1 against the health/metrics server."""
+"""workers/common/health.py: real HTTP calls on 127.0.0.1 against the health/metrics server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from workers.health import HealthState, serve_health, serve_health_from_settings, tcp_check
+from workers.common.health import HealthState, serve_health, serve_health_from_settings, tcp_check
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""workers/images.py: decoding under limits, SSRF policy, base64 and local-path sources.
+"""workers/adapters/images/loader.py: decoding under limits, SSRF policy, base64 and local-path sources.
 
 Every image is made here with Pillow/numpy; no network (getaddrinfo is replaced by a fake).
 """
@@ -18,8 +18,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from schemas.posts import ImageRef
-from workers import images
-from workers.images import (
+from workers.adapters.images import loader as images
+from workers.adapters.images.loader import (
     BlockedURL,
     CorruptImage,
     DecodedImage,
@@ -35,7 +35,7 @@ from workers.images import (
     parse_formats,
     redact_url,
 )
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 MAX_PIXELS = 40_000_000
 FORMATS = "JPEG,PNG,GIF,WEBP,BMP,TIFF"
@@ -720,7 +720,7 @@ def test_unexpected_bug_becomes_an_image_error(monkeypatch):
 
 def test_logs_never_contain_image_bytes_or_base64(caplog):
     secret = base64.b64encode(b"<svg>" + b"S3CRET" * 50 + b"</svg>").decode()
-    with caplog.at_level("DEBUG", logger="workers.images"):
+    with caplog.at_level("DEBUG", logger="workers.adapters.images.loader"):
         with make_loader() as loader:
             loader.load_many([ImageRef(b64=secret), ImageRef(url="https://u:pw@example.com/a.jpg?token=S3CRET")])
     text = caplog.text

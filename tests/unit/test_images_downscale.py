@@ -13,8 +13,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from PIL import Image
 
 from schemas.results import ImageAnalysis
-from workers.analyzer import in_source_pixels
-from workers.images import DecodedImage, PixelBudget, decode_image
+from workers.analyzer.worker import in_source_pixels
+from workers.adapters.images.loader import DecodedImage, PixelBudget, decode_image
 
 FORMATS = "JPEG,PNG"
 

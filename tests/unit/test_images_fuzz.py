@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from workers.images import DecodedImage, ImageError, decode_image
+from workers.adapters.images.loader import DecodedImage, ImageError, decode_image
 
 MAX_PIXELS = 1 << 20  # small, so a mutated header can never ask for much memory
 MAX_BYTES = 1 << 20

@@ -12,7 +12,7 @@ import yaml
 
 RULES = Path(__file__).resolve().parents[2] / "helm" / "moodwatch" / "files" / "prometheus-rules.yaml"
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
-# Triton's metrics the rules may use (the analyzer's come from workers/metrics.py below)
+# Triton's metrics the rules may use (the analyzer's come from workers/analyzer/metrics.py below)
 TRITON_METRICS = {"nv_inference_request_failure", "nv_inference_request_success", "nv_inference_queue_duration_us"}
 SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count", "")}
 
@@ -21,7 +21,7 @@ def exported_metrics() -> set[str]:
     """Series names the analyzer's WorkerMetrics exposes, read from a fresh registry."""
     from prometheus_client import CollectorRegistry
 
-    from workers.metrics import WorkerMetrics
+    from workers.analyzer.metrics import WorkerMetrics
 
     registry = CollectorRegistry()
     WorkerMetrics.create(registry)

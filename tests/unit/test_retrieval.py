@@ -366,7 +366,7 @@ def test_open_database_checks_encoder(seed_db, tmp_path, enc):
 def test_cli_build_info_and_missing_data(tmp_path):
     from typer.testing import CliRunner
 
-    from workers.cli_index import app
+    from workers.cli.index import app
 
     runner = CliRunner()
     out = tmp_path / "idx"

@@ -1,4 +1,4 @@
-"""workers/spikes.py: windows, dedup, the statistics, hysteresis / cool-down, emotion shift.
+"""workers/aggregator/detection.py: windows, dedup, the statistics, hysteresis / cool-down, emotion shift.
 
 Seeded simulations replay a stream of several channels; a spike is planted at a known time in one
 channel. Hypothesis checks the window arithmetic and that dedup / arrival order don't change state.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from schemas.emotions import MIKELS_EMOTIONS
 from schemas.results import AlertV1
-from workers.spikes import (
+from workers.aggregator.detection import (
     DetectorConfig,
     MoodAggregator,
     Observation,

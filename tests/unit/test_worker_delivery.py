@@ -13,9 +13,9 @@ from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutEr
 from prometheus_client import CollectorRegistry
 
 from tests.support.fakes import FakeConsumer, FakeProducer, FakeStore, Rec
-from workers.analyzer import AnalyzerWorker
-from workers.metrics import WorkerMetrics
-from workers.settings import Settings
+from workers.analyzer.worker import AnalyzerWorker
+from workers.analyzer.metrics import WorkerMetrics
+from workers.common.settings import Settings
 
 TP = TopicPartition("posts", 0)
 

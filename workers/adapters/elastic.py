@@ -33,7 +33,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 
 from schemas.es_templates import alerts_template, results_template
 from schemas.results import AlertV1, AnalysisResultV1
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 
 def security_options(settings: Settings) -> dict[str, Any]:

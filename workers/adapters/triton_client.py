@@ -47,7 +47,7 @@ from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable
 from pipelines.regions import RegionCandidates, region_candidates
 from pipelines.retrieval import Sentence
 from schemas.results import ImageAnalysis, ModelVersions
-from workers.logs import get_logger
+from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.triton")
 
@@ -118,7 +118,7 @@ class TritonAnalyzer:
     def from_settings(cls, settings: Any, *, connect: bool = True) -> "TritonAnalyzer":
         """From MOODWATCH_* settings. A server that is not up yet is not an error here: the worker
         starts, reports not-ready on /readyz, and retries each batch until the model answers."""
-        from workers.backends import analyzer_options
+        from workers.analyzer.backends import analyzer_options
 
         options = TritonOptions(
             url=settings.triton_url,

@@ -2,7 +2,7 @@
 
 * Kafka: key = alert_id, value = the AlertV1 JSON, headers with kind and channel
   (:func:`alert_record`; the aggregator publishes it, :func:`publish_alert` does it with kafka-python).
-* Elasticsearch: ``_id = alert_id`` through ``workers.es_sink.AlertSink`` (a re-emitted alert
+* Elasticsearch: ``_id = alert_id`` through ``workers.adapters.elastic.AlertSink`` (a re-emitted alert
   overwrites the same document).
 * Webhook: ``POST`` of the same JSON body, retried with exponential backoff (tenacity) on network
   errors, 408, 429 and 5xx; other 4xx are the receiver's answer and are not retried. Signed with
@@ -34,7 +34,7 @@ from tenacity import (
 )
 
 from schemas.results import AlertV1
-from workers.logs import get_logger
+from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.alerts")
 
@@ -227,7 +227,7 @@ class AlertOutputs:
         self.metrics = metrics
         self.es_sink = es_sink
         if self.es_sink is None and getattr(settings, "alerts_to_elasticsearch", True):
-            from workers.es_sink import AlertSink, install_templates, make_es_client
+            from workers.adapters.elastic import AlertSink, install_templates, make_es_client
 
             es = make_es_client(settings)
             try:

@@ -13,7 +13,7 @@ Topology (one faust app, consumer group = ``aggregator_app_id``)::
 ``by_channel`` repartitions by channel (the results topic is keyed by post_id), so one worker owns
 all of a channel's windows and the table's changelog partition is the stream's partition. Records
 that fail to decode are counted and skipped (a value that crashes an agent would crash it again
-after every restart). The window/detection logic is ``workers.spikes.MoodAggregator`` over the
+after every restart). The window/detection logic is ``workers.aggregator.detection.MoodAggregator`` over the
 faust table; a step's state writes are applied only after its alerts are acknowledged by the
 broker, so a crash re-raises an alert (same ``alert_id``) rather than losing it.
 
@@ -52,10 +52,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from schemas.emotions import Polarity
 from schemas.posts import Identifier
 from schemas.results import EmotionDistribution
-from workers.aggregator_settings import AggregatorSettings
-from workers.alerts_out import AlertOutputMetrics, AlertOutputs, alert_record, parse_alert
-from workers.logs import configure_logging, get_logger
-from workers.spikes import MoodAggregator, Observation
+from workers.aggregator.settings import AggregatorSettings
+from workers.aggregator.alerts_out import AlertOutputMetrics, AlertOutputs, alert_record, parse_alert
+from workers.common.logs import configure_logging, get_logger
+from workers.aggregator.detection import MoodAggregator, Observation
 
 log = get_logger("moodwatch.aggregator")
 
@@ -376,7 +376,7 @@ class AggregatorApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
-        from workers.kafka_io import ensure_topics
+        from workers.adapters.kafka_io import ensure_topics
 
         s = self.moodwatch_settings
         # Brokers that auto-create would pick their own partition count: create what we read first.
@@ -490,7 +490,7 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
         default=None,
         partitions=partitions,
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
-        help="windows, dedup sets and detector state per channel (see workers.spikes.MoodAggregator)",
+        help="windows, dedup sets and detector state per channel (see workers.aggregator.detection.MoodAggregator)",
     )
     app.moodwatch_state = state  # type: ignore[attr-defined]
     aggregator = MoodAggregator(state, cfg)  # type: ignore[arg-type]
@@ -593,12 +593,12 @@ def create_app(settings: AggregatorSettings | None = None, *, metrics: Aggregato
         port = settings.aggregator_metrics_port if settings.aggregator_metrics_port is not None else settings.metrics_port
         if not port:
             return
-        from workers.health import HealthState, serve_health, tcp_check
+        from workers.common.health import HealthState, serve_health, tcp_check
 
         state_ = HealthState(stale_after_s=60)
         state_.add_check("kafka", tcp_check(settings.kafka_bootstrap))
         if settings.alerts_to_elasticsearch:
-            from workers.es_sink import make_es_client, ping
+            from workers.adapters.elastic import make_es_client, ping
 
             es = make_es_client(settings)
             state_.add_check("elasticsearch", lambda: ping(es))

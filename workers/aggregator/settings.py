@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from workers.settings import PROJECT_ROOT, Settings
-from workers.spikes import DetectorConfig
+from workers.common.settings import PROJECT_ROOT, Settings
+from workers.aggregator.detection import DetectorConfig
 
 
 class AggregatorSettings(Settings):

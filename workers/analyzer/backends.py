@@ -9,8 +9,8 @@ from pipelines.analyzer_api import Analyzer
 from pipelines.checkpoints import DEFAULT_HEADS, load_heads
 from pipelines.regions import RegionSettings
 from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
-from workers.logs import get_logger
-from workers.settings import Settings
+from workers.common.logs import get_logger
+from workers.common.settings import Settings
 
 log = get_logger("moodwatch.backends")
 
@@ -48,7 +48,7 @@ def build_local_analyzer(settings: Settings) -> LocalAnalyzer:
 
 def build_analyzer(settings: Settings) -> Analyzer:
     if settings.backend == "triton":
-        from workers.triton_backend import TritonAnalyzer
+        from workers.adapters.triton_client import TritonAnalyzer
 
         return TritonAnalyzer.from_settings(settings)
     return build_local_analyzer(settings)

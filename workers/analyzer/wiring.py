@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.analyzer import AnalyzerWorker
-from workers.backends import build_analyzer
-from workers.es_sink import ResultSink, install_templates, make_es_client, ping
-from workers.health import HealthState, serve_health, tcp_check
-from workers.images import ImageLoader
-from workers.kafka_io import ensure_topics, make_consumer, make_producer
-from workers.logs import get_logger
-from workers.metrics import WorkerMetrics, default_metrics
-from workers.settings import Settings
+from workers.analyzer.worker import AnalyzerWorker
+from workers.analyzer.backends import build_analyzer
+from workers.adapters.elastic import ResultSink, install_templates, make_es_client, ping
+from workers.common.health import HealthState, serve_health, tcp_check
+from workers.adapters.images.loader import ImageLoader
+from workers.adapters.kafka_io import ensure_topics, make_consumer, make_producer
+from workers.common.logs import get_logger
+from workers.analyzer.metrics import WorkerMetrics, default_metrics
+from workers.common.settings import Settings
 
 log = get_logger("moodwatch.runtime")
 

@@ -32,10 +32,10 @@ from kafka.errors import (
 from pipelines.analyzer_api import AnalysisFailed, Analyzer, BackendUnavailable
 from schemas.posts import MalformedPost, PostError, PostV1, parse_post
 from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTimings
-from workers.es_sink import StoreRejected, StoreUnavailable
-from workers.logs import get_logger
-from workers.metrics import WorkerMetrics
-from workers.settings import Settings
+from workers.adapters.elastic import StoreRejected, StoreUnavailable
+from workers.common.logs import get_logger
+from workers.analyzer.metrics import WorkerMetrics
+from workers.common.settings import Settings
 
 log = get_logger("moodwatch.analyzer")
 

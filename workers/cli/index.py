@@ -10,17 +10,12 @@ Mount with ``app.add_typer(index_app, name="index")`` in workers/cli.py.
 from __future__ import annotations
 
 import json
-import os
 import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import typer  # noqa: E402
+import typer
 
 app = typer.Typer(help="Build and inspect the emotion-sentence retrieval index.", no_args_is_help=True)
 index_app = app
@@ -40,7 +35,7 @@ class IndexType(str, Enum):
 
 def _configure_logging(level: str, as_json: bool | None) -> None:
     try:
-        from workers.logs import configure_logging
+        from workers.common.logs import configure_logging
 
         configure_logging(level, as_json)
         import logging
@@ -69,7 +64,7 @@ def build(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Build a sentence database + FAISS index from the chosen corpora into --out."""
-    from workers.settings import Settings
+    from workers.common.settings import Settings
 
     settings = Settings()
     _configure_logging(settings.log_level, settings.log_json)

@@ -9,14 +9,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import typer
+
+from workers.cli.index import app as index_app
+from workers.cli.ops import dlq_app
+from workers.cli.serving import app as triton_app
+from workers.cli.train import eval_app, train
+from workers.common.logs import configure_logging
+from workers.common.settings import Settings
+
+# The encoders are imported lazily by the commands; no hub is ever reached from here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import typer  # noqa: E402
-
-from workers.logs import configure_logging  # noqa: E402
-from workers.settings import Settings  # noqa: E402
 
 app = typer.Typer(help="moodwatch: streaming visual sentiment for image posts.", no_args_is_help=True)
 
@@ -39,9 +44,9 @@ def analyze(
     backend: Optional[str] = typer.Option(None, help="local | triton (default: MOODWATCH_BACKEND)"),
 ) -> None:
     """Analyse image files directly (no broker, no store)."""
-    from workers.analyzer import in_source_pixels
-    from workers.backends import build_analyzer
-    from workers.images import ImageError, decode_image
+    from workers.analyzer.worker import in_source_pixels
+    from workers.analyzer.backends import build_analyzer
+    from workers.adapters.images.loader import ImageError, decode_image
 
     settings = _settings(backend=backend)
     analyzer = build_analyzer(settings)
@@ -75,7 +80,7 @@ def run_analyzer(
     idle_exit_s: Optional[float] = typer.Option(None, help="exit after this many idle seconds (default: run forever)"),
 ) -> None:
     """Run the streaming analyzer worker (consumer group on the posts topic)."""
-    from workers.runtime import run_worker
+    from workers.analyzer.wiring import run_worker
 
     settings = _settings()
     sys.exit(run_worker(settings, idle_exit_s=idle_exit_s))
@@ -88,7 +93,7 @@ def demo(
     workdir: Path = typer.Option(Path("artifacts/demo"), help="where the local stack keeps data and logs"),
 ) -> None:
     """Start a local broker and store, analyse sample posts end to end, print a summary."""
-    from workers.demo import run_demo
+    from workers.devstack.demo import run_demo
 
     settings = _settings(backend="triton" if triton else None)
     raise typer.Exit(run_demo(settings, workdir=workdir, serve=serve, triton=triton))
@@ -97,8 +102,8 @@ def demo(
 @app.command()
 def aggregator() -> None:
     """Run the channel-mood aggregator (faust app over post-sentiment; spike and emotion-shift alerts)."""
-    from workers.aggregator import run_aggregator
-    from workers.aggregator_settings import AggregatorSettings
+    from workers.aggregator.app import run_aggregator
+    from workers.aggregator.settings import AggregatorSettings
 
     run_aggregator(AggregatorSettings())
 
@@ -106,32 +111,19 @@ def aggregator() -> None:
 @app.command()
 def dashboard() -> None:
     """Serve the built-in dashboard (reads Elasticsearch) on MOODWATCH_DASHBOARD_HOST:PORT."""
-    from workers.aggregator_settings import AggregatorSettings
-    from workers.dashboard import serve_dashboard
+    from workers.aggregator.settings import AggregatorSettings
+    from workers.dashboard.server import serve_dashboard
 
     settings = AggregatorSettings()
     configure_logging(settings.log_level, settings.log_json)
     serve_dashboard(settings)
 
 
-def _mount_optional(module: str, attr: str, name: str, help_: str) -> None:
-    """Sub-apps live in their own modules; a missing optional piece must not break the whole CLI."""
-    import importlib
-
-    try:
-        sub = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return
-    app.add_typer(sub, name=name, help=help_)
-
-
-from workers.cli_models import train  # noqa: E402
-
 app.command("train")(train)
-_mount_optional("workers.cli_index", "app", "index", "Build and inspect the emotion-sentence retrieval index.")
-_mount_optional("workers.cli_models", "eval_app", "eval", "Evaluate on benchmark data.")
-_mount_optional("workers.cli_triton", "app", "triton", "Triton model repository export and serving.")
-_mount_optional("workers.cli_ops", "dlq_app", "dlq", "Inspect and replay the dead-letter topic.")
+app.add_typer(index_app, name="index", help="Build and inspect the emotion-sentence retrieval index.")
+app.add_typer(eval_app, name="eval", help="Evaluate on benchmark data.")
+app.add_typer(triton_app, name="triton", help="Triton model repository export and serving.")
+app.add_typer(dlq_app, name="dlq", help="Inspect and replay the dead-letter topic.")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from kafka import KafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
-from workers.kafka_io import make_producer, security_options
-from workers.settings import Settings
+from workers.adapters.kafka_io import make_producer, security_options
+from workers.common.settings import Settings
 
 dlq_app = typer.Typer(help="Inspect and replay the dead-letter topic.", no_args_is_help=True)
 console = Console()

@@ -12,18 +12,13 @@ triton_url, triton_model.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import typer  # noqa: E402
+import typer
 
 app = typer.Typer(help="Triton model repository: export, serve locally, status.", no_args_is_help=True)
 
@@ -39,8 +34,8 @@ class ModelControl(str, Enum):
 
 
 def _settings(**overrides):
-    from workers.logs import configure_logging
-    from workers.settings import Settings
+    from workers.common.logs import configure_logging
+    from workers.common.settings import Settings
 
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_level, settings.log_json)
@@ -62,7 +57,7 @@ def export(
     from pipelines.checkpoints import DEFAULT_HEADS, CheckpointError
     from pipelines.export import ExportError, export_repository
     from pipelines.retrieval import IndexMismatchError, default_index_dir
-    from workers.backends import load_database
+    from workers.analyzer.backends import load_database
 
     settings = _settings(image_encoder=image_encoder, retrieval_k=retrieval_k)
     heads_path = heads or (settings.heads_path if settings.heads_path.exists() else DEFAULT_HEADS)
@@ -92,8 +87,8 @@ def serve(
     log_dir: Path = typer.Option(Path("artifacts/triton-logs"), help="server log and the python backend copy"),
 ) -> None:
     """Run tritonserver (from the nvidia-pytriton wheel) on REPO, bound to 127.0.0.1, until Ctrl-C."""
-    from workers.localstack import ProcessStartError
-    from workers.triton_local import TritonNotInstalled, TritonServer
+    from workers.devstack.servers import ProcessStartError
+    from workers.devstack.triton_server import TritonNotInstalled, TritonServer
 
     server = TritonServer(
         repo, log_dir=log_dir, port=grpc_port or None, model_control=model_control.value,
@@ -130,7 +125,7 @@ def status(
 ) -> None:
     """Is the server live, is the model ready, what does it serve (exit 1 when not ready)."""
     from pipelines.analyzer_api import BackendUnavailable
-    from workers.triton_backend import TritonAnalyzer
+    from workers.adapters.triton_client import TritonAnalyzer
 
     settings = _settings(triton_url=url, triton_model=model)
     analyzer = TritonAnalyzer.from_settings(settings, connect=False)

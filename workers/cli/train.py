@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from workers.settings import Settings
+from workers.common.settings import Settings
 
 console = Console(stderr=True)
 eval_app = typer.Typer(help="Evaluate on benchmark data.", no_args_is_help=True)

@@ -1,4 +1,4 @@
-"""Render the settings tables of the README from the settings classes (`python -m workers.settings_doc`)."""
+"""Render the settings tables of the README from the settings classes (`python -m workers.common.settings_doc`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
-from workers.settings import PROJECT_ROOT, Settings
+from workers.common.settings import PROJECT_ROOT, Settings
 
 
 def settings_table(cls: type[BaseSettings]) -> str:
@@ -23,7 +23,7 @@ def settings_table(cls: type[BaseSettings]) -> str:
 def all_settings_classes() -> list[type[BaseSettings]]:
     classes: list[type[BaseSettings]] = [Settings]
     try:
-        from workers.aggregator_settings import AggregatorSettings
+        from workers.aggregator.settings import AggregatorSettings
 
         classes.append(AggregatorSettings)
     except ImportError:

@@ -1,7 +1,7 @@
 """The built-in dashboard: a small stdlib HTTP server with a static page and JSON endpoints over ES.
 
 ``moodwatch dashboard`` -> ``serve_dashboard(settings)``. No web framework, no CDN: the page
-(``workers/dashboard_static/``) is plain HTML + vanilla JS drawing SVG.
+(``workers/dashboard/static/``) is plain HTML + vanilla JS drawing SVG.
 
 Endpoints (GET; ``range`` = 15m | 1h | 6h | 24h | 7d | 30d | all, relative to the NEWEST post in
 the index, which for a live system is now and for replayed data is the end of the replay):
@@ -36,12 +36,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS
-from workers.aggregator_settings import AggregatorSettings
-from workers.logs import get_logger
+from workers.aggregator.settings import AggregatorSettings
+from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.dashboard")
 
-STATIC_DIR = Path(__file__).resolve().parent / "dashboard_static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 RANGES: dict[str, timedelta | None] = {
     "15m": timedelta(minutes=15),
     "1h": timedelta(hours=1),
@@ -468,7 +468,7 @@ def serve_dashboard(
     """
     settings = settings or AggregatorSettings()
     if es is None:
-        from workers.es_sink import make_es_client
+        from workers.adapters.elastic import make_es_client
 
         es = make_es_client(settings)
     server = DashboardServer(settings, es)
@@ -478,8 +478,8 @@ def serve_dashboard(
         return server.start()
     import signal
 
-    from workers.es_sink import ping
-    from workers.health import HealthState, serve_health_from_settings
+    from workers.adapters.elastic import ping
+    from workers.common.health import HealthState, serve_health_from_settings
 
     health = HealthState(stale_after_s=120)
     health.add_check("elasticsearch", lambda: ping(es))

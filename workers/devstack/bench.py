@@ -1,4 +1,4 @@
-"""`make bench` / `python -m pipelines.bench`: throughput and latency of three ways to run the analysis.
+"""`make bench` / `python -m workers.devstack.bench`: throughput and latency of three ways to run the analysis.
 
 (a) naive   the pipeline as the papers describe it, one image at a time: every encoder runs on its
             own (MIRA's image encoder for the feature map, the retrieval encoder -- CLIP in the
@@ -7,7 +7,7 @@
             image and run through the CNN on its own (Yang et al.).
 (b) local   the batched LocalAnalyzer (one backbone pass per image serves every stage and every
             region through RoI features; stored sentence features; batched heads).
-(c) triton  the Triton backend (workers/triton_backend.py) against a local tritonserver on a freshly
+(c) triton  the Triton backend (workers/adapters/triton_client.py) against a local tritonserver on a freshly
             exported repository, with dynamic batching: `--clients` analyzers (think: worker
             processes) send micro-batches concurrently; once through the `moodwatch` ensemble, once
             through `moodwatch_fused` (all stages in one python model) to measure what merging saves.
@@ -24,7 +24,7 @@ shipped heads (models/weights/heads.pt); when the heads are not there, randomly 
 of the real dimensions are used and the output says so (speed does not depend on the weights).
 Images: scikit-image's bundled photos, resized to common post sizes (1080x1080, 1080x1350, ...).
 
-    python -m pipelines.bench [--batch 16] [--clients 2] [--budget-naive 75] [--budget 50] [--skip-triton] [--tiny]
+    python -m workers.devstack.bench [--batch 16] [--clients 2] [--budget-naive 75] [--budget 50] [--skip-triton] [--tiny]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from pipelines.analyze import (
 )
 from pipelines.regions import region_candidates
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POST_SIZES = [(1080, 1080), (1350, 1080), (675, 1200), (480, 640), (768, 1024), (1080, 1080), (1200, 900), (720, 1280)]
 
 
@@ -328,8 +328,8 @@ def _server_stats(client, models: Sequence[str]) -> dict[str, dict[str, int]]:
 
 def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, deadline: float) -> list[dict[str, Any]]:
     from pipelines.export import STAGE_MODELS, export_repository
-    from workers.triton_backend import TritonAnalyzer, TritonOptions
-    from workers.triton_local import TritonServer
+    from workers.adapters.triton_client import TritonAnalyzer, TritonOptions
+    from workers.devstack.triton_server import TritonServer
 
     records = []
     repo = workdir / "triton_repo"

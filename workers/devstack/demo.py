@@ -9,18 +9,18 @@ from kafka import KafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
-from workers.localstack import LocalStack
-from workers.logs import get_logger
-from workers.runtime import build_worker
-from workers.sample_posts import poison_posts, sample_posts
-from workers.settings import Settings
+from workers.devstack.servers import LocalStack
+from workers.common.logs import get_logger
+from workers.analyzer.wiring import build_worker
+from workers.devstack.sample_posts import poison_posts, sample_posts
+from workers.common.settings import Settings
 
 log = get_logger("moodwatch.demo")
 console = Console()
 
 
 def produce_demo_posts(settings: Settings, count: int) -> tuple[int, int]:
-    from workers.kafka_io import make_producer
+    from workers.adapters.kafka_io import make_producer
 
     producer = make_producer(settings)
     valid = 0
@@ -80,7 +80,7 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
         } | {"metrics_port": 0, "consumer_group": f"moodwatch-demo-{int(time.time())}",
              "image_local_root": workdir / "images"})
         if triton:
-            from workers.triton_local import start_local_triton
+            from workers.devstack.triton_server import start_local_triton
 
             settings = start_local_triton(stack, settings)
         stack.tansu.create_topics([settings.posts_topic, settings.results_topic, settings.dlq_topic,
@@ -103,7 +103,7 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
                               f"({processed + dead}/{valid + poison})")
         elapsed = time.monotonic() - started
         worker.close()
-        from workers.es_sink import make_es_client
+        from workers.adapters.elastic import make_es_client
 
         es = make_es_client(settings)
         console.print(summary_table(es, settings))
@@ -122,8 +122,8 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
         )
         ok = processed == valid and dead == poison
         if serve:
-            from workers.aggregator_settings import AggregatorSettings
-            from workers.dashboard import serve_dashboard
+            from workers.aggregator.settings import AggregatorSettings
+            from workers.dashboard.server import serve_dashboard
 
             dashboard_settings = AggregatorSettings(**settings.model_dump(exclude_none=True) | {
                 "dashboard_image_root": settings.image_local_root, "dashboard_default_range": "all"})

@@ -687,8 +687,8 @@ class LocalStack:
         return out
 
     def settings(self, **overrides: Any):
-        """A workers.settings.Settings pointed at this stack (keyword overrides win)."""
-        from workers.settings import Settings
+        """A workers.common.settings.Settings pointed at this stack (keyword overrides win)."""
+        from workers.common.settings import Settings
 
         values: dict[str, Any] = {k.removeprefix("MOODWATCH_").lower(): v for k, v in self.settings_overrides().items()}
         values.update(overrides)

@@ -34,9 +34,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from workers.localstack import LOOPBACK, ManagedProcess, _http_get
+from workers.devstack.servers import LOOPBACK, ManagedProcess, _http_get
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["TritonServer", "TritonNotInstalled", "python_backend_env", "start_local_triton", "triton_paths"]
 
@@ -220,7 +220,7 @@ def start_local_triton(
         from pipelines.checkpoints import DEFAULT_HEADS
         from pipelines.export import export_repository
         from pipelines.retrieval import default_index_dir
-        from workers.backends import load_database
+        from workers.analyzer.backends import load_database
 
         heads_path = settings.heads_path if Path(settings.heads_path).exists() else DEFAULT_HEADS
         if settings.index_dir is None:

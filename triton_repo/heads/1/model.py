@@ -8,7 +8,7 @@ import os
 import sys
 
 # The python-backend stub embeds its own interpreter and ignores PYTHONPATH. Whoever starts
-# tritonserver (workers/triton_local.py does) lists the project and its environment here; they go
+# tritonserver (workers/devstack/triton_server.py does) lists the project and its environment here; they go
 # first on sys.path *before numpy is imported*: the stub's interpreter may carry numpy 2.x, with
 # which python-backend outputs came back empty (numpy 1.26 works). In a Triton image with the
 # project installed the variable is unset and nothing changes.

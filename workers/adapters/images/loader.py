@@ -54,7 +54,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from schemas.posts import ImageRef
-    from workers.settings import Settings
+    from workers.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
