@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.factories import T0, make_result, tiny_png
-from workers.aggregator.settings import AggregatorSettings
+from workers.dashboard.settings import DashboardSettings
 from workers.dashboard.server import serve_dashboard
 from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
 from workers.devstack.servers import NoidaStore
@@ -73,7 +73,7 @@ def dashboard(tmp_path_factory):
     store = NoidaStore(tmp / "noida", log_dir=tmp / "logs")
     store.start()
     tag = uuid.uuid4().hex[:8]
-    settings = AggregatorSettings(
+    settings = DashboardSettings(
         es_url=store.url, es_results_index=f"e2e-results-{tag}", es_alerts_index=f"e2e-alerts-{tag}",
         dashboard_port=0, dashboard_image_root=tmp / "images", dashboard_refresh_s=0,
     )  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 
 from schemas.emotions import MIKELS_EMOTIONS
 from tests.factories import T0, make_alert, make_result, tiny_png
-from workers.aggregator.settings import AggregatorSettings
+from workers.dashboard.settings import DashboardSettings
 from workers.dashboard.server import MAX_BUCKETS, pick_interval, serve_dashboard
 from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
 from workers.aggregator.detection import alert_id
@@ -75,7 +75,7 @@ class RecordingES:
 def dash(noida, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dash")
     tag = uuid.uuid4().hex[:8]
-    settings = AggregatorSettings(
+    settings = DashboardSettings(
         es_url=noida.url, es_results_index=f"dash-results-{tag}", es_alerts_index=f"dash-alerts-{tag}",
         dashboard_port=0, dashboard_image_root=tmp / "images", dashboard_refresh_s=0, store_retry_max_s=10,
     )  # fmt: skip
@@ -225,7 +225,7 @@ def test_static_page_and_assets(dash):
 
 def test_empty_indices_answer_empty_views(noida):
     tag = uuid.uuid4().hex[:8]
-    settings = AggregatorSettings(
+    settings = DashboardSettings(
         es_url=noida.url, es_results_index=f"dash-empty-r-{tag}", es_alerts_index=f"dash-empty-a-{tag}", dashboard_port=0
     )
     es = make_es_client(settings)

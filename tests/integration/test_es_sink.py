@@ -24,7 +24,7 @@ from workers.adapters.elastic import (
     redact_url,
 )
 from workers.devstack.servers import NoidaStore, free_port
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings as Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

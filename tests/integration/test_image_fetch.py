@@ -26,7 +26,7 @@ from workers.adapters.images.loader import (
     UnsupportedFormat,
     UrlPolicy,
 )
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings as Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

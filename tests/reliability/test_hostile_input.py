@@ -213,7 +213,7 @@ def inproc_worker(tiny_db_dir):
     from workers.analyzer.worker import AnalyzerWorker
     from workers.adapters.images.loader import ImageLoader
     from workers.analyzer.metrics import WorkerMetrics
-    from workers.common.settings import Settings
+    from workers.analyzer.settings import AnalyzerSettings as Settings
 
     os.environ["MOODWATCH_TEST_DB_DIR"] = str(tiny_db_dir)
     torch.set_num_threads(1)

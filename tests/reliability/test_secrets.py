@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.verify import all_committed, produce, read_topic, scrape_metric, wait_until
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings as Settings
 
 # Values that cannot reach anything; what must never be printed.
 ES_PASSWORD = "es-pw-7f3a9c1e-NEVER-LOG"
@@ -123,7 +123,7 @@ def test_tls_and_sasl_reach_kafka_python(monkeypatch, figures_secrets):
     for name in ("KafkaConsumer", "KafkaProducer", "KafkaAdminClient"):
         monkeypatch.setattr(kafka_io, name, Recorder)
     s = secret_settings()
-    kafka_io.make_consumer(s)
+    kafka_io.make_consumer(s, group_id="g", client_id="c")
     kafka_io.make_producer(s)
     kafka_io.ensure_topics(s, ["posts"])
     assert len(Recorder.calls) == 3
@@ -135,7 +135,9 @@ def test_tls_and_sasl_reach_kafka_python(monkeypatch, figures_secrets):
         assert call["sasl_plain_password"] == SASL_PASSWORD  # unwrapped only here, for the client
     # and without SASL: nothing SASL-ish is passed, TLS alone still is
     Recorder.calls = []
-    kafka_io.make_consumer(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path("/ca.pem"), metrics_port=0))
+    kafka_io.make_consumer(
+        Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path("/ca.pem"), metrics_port=0), group_id="g", client_id="c"
+    )
     (call,) = Recorder.calls
     assert call["security_protocol"] == "SSL" and call["ssl_cafile"] == "/ca.pem"
     assert not any(k.startswith("sasl") for k in call)

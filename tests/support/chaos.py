@@ -180,7 +180,7 @@ def main() -> None:
     from workers.common.health import HealthState, serve_health
     from workers.common.logs import configure_logging, get_logger
     from workers.analyzer.wiring import build_worker
-    from workers.common.settings import Settings
+    from workers.analyzer.settings import AnalyzerSettings as Settings
 
     events = EventLog(os.environ.get(EVENTS_ENV))
     settings = Settings()

@@ -13,7 +13,7 @@ import signal
 from tests.support.tiny import tiny_analyzer
 from workers.common.logs import configure_logging
 from workers.analyzer.wiring import build_worker
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings as Settings
 
 
 class KillingStore:

@@ -35,7 +35,7 @@ from workers.adapters.images.loader import (
     parse_formats,
     redact_url,
 )
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings as Settings
 
 MAX_PIXELS = 40_000_000
 FORMATS = "JPEG,PNG,GIF,WEBP,BMP,TIFF"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from workers.common.settings_doc import all_settings_classes
+from workers.cli.settings_doc import all_settings_classes, markdown
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -14,7 +14,11 @@ def test_every_setting_is_documented_in_the_readme():
         for name in cls.model_fields
         if f"`MOODWATCH_{name.upper()}`" not in README
     ]
-    assert not missing, f"settings missing from README.md: {missing} (python -m workers.common.settings_doc)"
+    assert not missing, f"settings missing from README.md: {missing} (python -m workers.cli.settings_doc)"
+
+
+def test_readme_settings_tables_match_the_code():
+    assert markdown() in README, "README settings tables are stale: paste `python -m workers.cli.settings_doc`"
 
 
 def test_readme_names_the_two_commands():

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from tests.support.fakes import FakeConsumer, FakeProducer, FakeStore, Rec
 from workers.analyzer.worker import AnalyzerWorker
 from workers.analyzer.metrics import WorkerMetrics
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings as Settings
 
 TP = TopicPartition("posts", 0)
 

@@ -33,7 +33,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 
 from schemas.es_templates import alerts_template, results_template
 from schemas.results import AlertV1, AnalysisResultV1
-from workers.common.settings import Settings
+from workers.common.settings import ElasticsearchSettings
 
 log = structlog.get_logger(__name__)
 
@@ -101,8 +101,8 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
-def make_es_client(settings: Settings, **overrides: Any) -> Elasticsearch:
-    """An Elasticsearch client from Settings: url, basic auth or api key, CA file, timeouts.
+def make_es_client(settings: ElasticsearchSettings, **overrides: Any) -> Elasticsearch:
+    """An Elasticsearch client from the MOODWATCH_ES_* settings: url, basic auth or api key, CA file, timeouts.
 
     The client retries a failed request itself a couple of times (other node / timeout); the sinks
     add the long, backed-off retry on top. Secrets are only unwrapped here and never logged.
@@ -157,7 +157,7 @@ def _ensure_index(es: Elasticsearch, name: str, template: dict[str, Any], *, use
     es.indices.put_mapping(index=name, properties=mappings["properties"], dynamic=mappings.get("dynamic", "strict"))
 
 
-def install_templates(es: Elasticsearch, settings: Settings) -> dict[str, str]:
+def install_templates(es: Elasticsearch, settings: ElasticsearchSettings) -> dict[str, str]:
     """Put the composable templates (results + alerts) and create both indices if missing.
 
     Idempotent. Returns {index: "template" | "mappings"} saying how each index got its mapping.
@@ -378,7 +378,7 @@ class BulkSink(Generic[M]):
 class ResultSink(BulkSink[AnalysisResultV1]):
     """AnalysisResultV1 -> settings.es_results_index, `_id` = post_id."""
 
-    def __init__(self, es: Elasticsearch, settings: Settings, **kw: Any) -> None:
+    def __init__(self, es: Elasticsearch, settings: ElasticsearchSettings, **kw: Any) -> None:
         kw.setdefault("retry_max_s", settings.store_retry_max_s)
         super().__init__(es, settings.es_results_index, "post_id", **kw)
 
@@ -386,6 +386,6 @@ class ResultSink(BulkSink[AnalysisResultV1]):
 class AlertSink(BulkSink[AlertV1]):
     """AlertV1 -> settings.es_alerts_index, `_id` = alert_id."""
 
-    def __init__(self, es: Elasticsearch, settings: Settings, **kw: Any) -> None:
+    def __init__(self, es: Elasticsearch, settings: ElasticsearchSettings, **kw: Any) -> None:
         kw.setdefault("retry_max_s", settings.store_retry_max_s)
         super().__init__(es, settings.es_alerts_index, "alert_id", **kw)

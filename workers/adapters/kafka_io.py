@@ -8,10 +8,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from workers.common.settings import Settings
+from workers.common.settings import KafkaSettings
 
 
-def security_options(settings: Settings) -> dict[str, Any]:
+def security_options(settings: KafkaSettings) -> dict[str, Any]:
     opts: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     if settings.kafka_ssl_cafile:
         opts["ssl_cafile"] = str(settings.kafka_ssl_cafile)
@@ -23,24 +23,23 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-def make_consumer(settings: Settings, **overrides: Any) -> KafkaConsumer:
+def make_consumer(settings: KafkaSettings, *, group_id: str, client_id: str, **overrides: Any) -> KafkaConsumer:
+    """A group consumer that never auto-commits: offsets are committed by the caller after its work is stored."""
     opts: dict[str, Any] = dict(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
-        group_id=settings.consumer_group,
+        group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=settings.batch_max_posts,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 3),
-        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        client_id="moodwatch-analyzer",
+        client_id=client_id,
         **security_options(settings),
     )
     opts.update(overrides)
     return KafkaConsumer(**opts)
 
 
-def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+def make_producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
     opts: dict[str, Any] = dict(
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         acks="all",
@@ -54,7 +53,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**opts)
 
 
-def ensure_topics(settings: Settings, names: list[str], partitions: int = 4, replication: int = 1) -> None:
+def ensure_topics(settings: KafkaSettings, names: list[str], partitions: int = 4, replication: int = 1) -> None:
     """Create topics that don't exist yet (idempotent). Brokers that auto-create would pick their own layout."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), **security_options(settings))
     try:

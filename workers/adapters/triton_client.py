@@ -48,6 +48,7 @@ from pipelines.regions import RegionCandidates, region_candidates
 from pipelines.retrieval import Sentence
 from schemas.results import ImageAnalysis, ModelVersions
 from workers.common.logs import get_logger
+from workers.common.settings import TritonSettings
 
 log = get_logger("moodwatch.triton")
 
@@ -115,20 +116,20 @@ class TritonAnalyzer:
         self.last_stage_seconds: dict[str, float] = {}  # client-side timings of the last analyze() (bench, logs)
 
     @classmethod
-    def from_settings(cls, settings: Any, *, connect: bool = True) -> "TritonAnalyzer":
-        """From MOODWATCH_* settings. A server that is not up yet is not an error here: the worker
-        starts, reports not-ready on /readyz, and retries each batch until the model answers."""
-        from workers.analyzer.backends import analyzer_options
-
+    def from_settings(
+        cls, settings: TritonSettings, analyzer_options: AnalyzerOptions, *, connect: bool = True
+    ) -> "TritonAnalyzer":
+        """From MOODWATCH_TRITON_* settings. A server that is not up yet is not an error here: the
+        worker starts, reports not-ready on /readyz, and retries each batch until the model answers."""
         options = TritonOptions(
             url=settings.triton_url,
             model=settings.triton_model,
-            timeout_s=float(settings.triton_timeout_s),
-            connect_timeout_s=float(getattr(settings, "triton_connect_timeout_s", TritonOptions.connect_timeout_s)),
-            retry_attempts=int(getattr(settings, "triton_retry_attempts", TritonOptions.retry_attempts)),
-            max_request_images=getattr(settings, "triton_max_request_images", None),
+            timeout_s=settings.triton_timeout_s,
+            connect_timeout_s=settings.triton_connect_timeout_s,
+            retry_attempts=settings.triton_retry_attempts,
+            max_request_images=settings.triton_max_request_images,
         )
-        analyzer = cls(options, analyzer_options(settings))
+        analyzer = cls(options, analyzer_options)
         if connect:
             try:
                 contract = analyzer.connect()

@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from schemas.results import AlertV1
+from workers.aggregator.settings import AggregatorSettings
 from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.alerts")
@@ -218,7 +219,7 @@ class AlertOutputs:
 
     def __init__(
         self,
-        settings: Any,
+        settings: AggregatorSettings,
         *,
         es_sink: Any | None = None,
         webhook: WebhookSender | None = None,
@@ -226,7 +227,7 @@ class AlertOutputs:
     ) -> None:
         self.metrics = metrics
         self.es_sink = es_sink
-        if self.es_sink is None and getattr(settings, "alerts_to_elasticsearch", True):
+        if self.es_sink is None and settings.alerts_to_elasticsearch:
             from workers.adapters.elastic import AlertSink, install_templates, make_es_client
 
             es = make_es_client(settings)
@@ -236,7 +237,7 @@ class AlertOutputs:
                 log.warning("alert_templates_not_installed", error=str(exc)[:300])
             self.es_sink = AlertSink(es, settings)
         self.webhook = webhook
-        if self.webhook is None and getattr(settings, "alert_webhook_url", None):
+        if self.webhook is None and settings.alert_webhook_url:
             on_attempt = metrics.webhook_attempts.inc if metrics else None
             self.webhook = WebhookSender(
                 settings.alert_webhook_url,

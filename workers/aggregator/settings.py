@@ -1,24 +1,17 @@
-"""Settings of the aggregator, the alert outputs and the dashboard (env MOODWATCH_*, or .env).
-
-``AggregatorSettings`` extends the shared ``Settings`` (Kafka, Elasticsearch, TLS/SASL, logging),
-so one environment configures every worker; only the fields below are new.
-"""
+"""Settings of the aggregator and its alert outputs: the shared Kafka, Elasticsearch and
+observability parts plus the fields below (env MOODWATCH_*, or .env)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
 
-from workers.common.settings import PROJECT_ROOT, Settings
+from workers.common.settings import PROJECT_ROOT, ElasticsearchSettings, KafkaSettings, ObservabilitySettings
 from workers.aggregator.detection import DetectorConfig
 
 
-class AggregatorSettings(Settings):
-    model_config = SettingsConfigDict(env_prefix="MOODWATCH_", env_file=".env", extra="ignore")
-
+class AggregatorSettings(KafkaSettings, ElasticsearchSettings, ObservabilitySettings):
     # -- the faust app --------------------------------------------------------------------------
     aggregator_app_id: str = Field(
         "moodwatch-aggregator",
@@ -96,17 +89,6 @@ class AggregatorSettings(Settings):
     alert_webhook_max_attempts: int = Field(6, ge=1, description="webhook attempts per alert (retried on 5xx, 429, network errors)")
     alert_webhook_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between webhook attempts")
 
-    # -- dashboard ----------------------------------------------------------------------------
-    dashboard_host: str = Field("127.0.0.1", description="address the dashboard binds to")
-    dashboard_port: int = Field(8050, ge=0, le=65535, description="dashboard port (0 = pick a free one)")
-    dashboard_image_root: Path | None = Field(
-        None, description="folder the gallery may serve file: images from (default: image_local_root; unset = none)"
-    )
-    dashboard_default_range: Literal["15m", "1h", "6h", "24h", "7d", "30d", "all"] = Field(
-        "24h", description="time range the dashboard opens with"
-    )
-    dashboard_refresh_s: int = Field(15, ge=0, description="auto-refresh period of the page in seconds; 0 = off")
-
     @model_validator(mode="after")
     def _windows_consistent(self) -> "AggregatorSettings":
         self.detector_config()  # raises ValueError with a clear message on inconsistent values
@@ -135,7 +117,3 @@ class AggregatorSettings(Settings):
             shift_disarm_effect=self.shift_disarm_effect,
             dedup_shards=self.dedup_shards,
         )
-
-    @property
-    def image_root_for_dashboard(self) -> Path | None:
-        return self.dashboard_image_root or self.image_local_root

@@ -10,12 +10,12 @@ from pipelines.checkpoints import DEFAULT_HEADS, load_heads
 from pipelines.regions import RegionSettings
 from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
 from workers.common.logs import get_logger
-from workers.common.settings import Settings
+from workers.common.settings import AnalysisSettings, ModelSettings
 
 log = get_logger("moodwatch.backends")
 
 
-def analyzer_options(settings: Settings) -> AnalyzerOptions:
+def analyzer_options(settings: ModelSettings) -> AnalyzerOptions:
     return AnalyzerOptions(
         retrieval_k=settings.retrieval_k,
         regions_enabled=settings.regions_enabled,
@@ -24,7 +24,7 @@ def analyzer_options(settings: Settings) -> AnalyzerOptions:
     )
 
 
-def load_database(settings: Settings) -> SentenceDatabase:
+def load_database(settings: ModelSettings) -> SentenceDatabase:
     if settings.index_dir is not None:
         return SentenceDatabase.load(settings.index_dir)
     from models.encoders import load_text_encoder
@@ -32,7 +32,7 @@ def load_database(settings: Settings) -> SentenceDatabase:
     return ensure_seed_index(default_index_dir(settings.artifacts_dir), load_text_encoder(settings.text_encoder, "cpu"))
 
 
-def build_local_analyzer(settings: Settings) -> LocalAnalyzer:
+def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     from models.encoders import load_image_backbone
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -46,9 +46,9 @@ def build_local_analyzer(settings: Settings) -> LocalAnalyzer:
     return analyzer
 
 
-def build_analyzer(settings: Settings) -> Analyzer:
+def build_analyzer(settings: AnalysisSettings) -> Analyzer:
     if settings.backend == "triton":
         from workers.adapters.triton_client import TritonAnalyzer
 
-        return TritonAnalyzer.from_settings(settings)
+        return TritonAnalyzer.from_settings(settings, analyzer_options(settings))
     return build_local_analyzer(settings)

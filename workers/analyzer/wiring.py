@@ -12,7 +12,7 @@ from workers.adapters.images.loader import ImageLoader
 from workers.adapters.kafka_io import ensure_topics, make_consumer, make_producer
 from workers.common.logs import get_logger
 from workers.analyzer.metrics import WorkerMetrics, default_metrics
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings
 
 log = get_logger("moodwatch.runtime")
 
@@ -21,7 +21,7 @@ log = get_logger("moodwatch.runtime")
 SINK_RETRY_S = 10.0
 
 
-def build_worker(settings: Settings, *, analyzer: Any = None, metrics: WorkerMetrics | None = None,
+def build_worker(settings: AnalyzerSettings, *, analyzer: Any = None, metrics: WorkerMetrics | None = None,
                  health: HealthState | None = None, create_topics: bool = True) -> AnalyzerWorker:
     es = make_es_client(settings)
     install_templates(es, settings)
@@ -35,7 +35,13 @@ def build_worker(settings: Settings, *, analyzer: Any = None, metrics: WorkerMet
         health.add_check("model_backend", analyzer.ready)
     return AnalyzerWorker(
         settings,
-        consumer=make_consumer(settings),
+        consumer=make_consumer(
+            settings,
+            group_id=settings.consumer_group,
+            client_id="moodwatch-analyzer",
+            max_poll_records=settings.batch_max_posts,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        ),
         producer=make_producer(settings),
         analyzer=analyzer,
         images=ImageLoader(settings),
@@ -45,7 +51,7 @@ def build_worker(settings: Settings, *, analyzer: Any = None, metrics: WorkerMet
     )
 
 
-def run_worker(settings: Settings, *, idle_exit_s: float | None = None) -> int:
+def run_worker(settings: AnalyzerSettings, *, idle_exit_s: float | None = None) -> int:
     health = HealthState()
     server = None
     if settings.metrics_port:

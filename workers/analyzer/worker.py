@@ -35,7 +35,7 @@ from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTiming
 from workers.adapters.elastic import StoreRejected, StoreUnavailable
 from workers.common.logs import get_logger
 from workers.analyzer.metrics import WorkerMetrics
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings
 
 log = get_logger("moodwatch.analyzer")
 
@@ -130,7 +130,7 @@ class AnalyzerWorker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AnalyzerSettings,
         *,
         consumer: Any,
         producer: Any,

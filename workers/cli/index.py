@@ -64,9 +64,9 @@ def build(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Build a sentence database + FAISS index from the chosen corpora into --out."""
-    from workers.common.settings import Settings
+    from workers.common.settings import AnalysisSettings
 
-    settings = Settings()
+    settings = AnalysisSettings()
     _configure_logging(settings.log_level, settings.log_json)
     from pipelines.retrieval import CorpusNotFoundError, build_database, check_corpus_files, default_data_dir
 

@@ -16,7 +16,7 @@ from workers.cli.ops import dlq_app
 from workers.cli.serving import app as triton_app
 from workers.cli.train import eval_app, train
 from workers.common.logs import configure_logging
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings
 
 # The encoders are imported lazily by the commands; no hub is ever reached from here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,8 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 app = typer.Typer(help="moodwatch: streaming visual sentiment for image posts.", no_args_is_help=True)
 
 
-def _settings(**overrides) -> Settings:
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+def _settings(**overrides) -> AnalyzerSettings:
+    settings = AnalyzerSettings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_level, settings.log_json)
     return settings
 
@@ -111,10 +111,10 @@ def aggregator() -> None:
 @app.command()
 def dashboard() -> None:
     """Serve the built-in dashboard (reads Elasticsearch) on MOODWATCH_DASHBOARD_HOST:PORT."""
-    from workers.aggregator.settings import AggregatorSettings
     from workers.dashboard.server import serve_dashboard
+    from workers.dashboard.settings import DashboardSettings
 
-    settings = AggregatorSettings()
+    settings = DashboardSettings()
     configure_logging(settings.log_level, settings.log_json)
     serve_dashboard(settings)
 

@@ -16,17 +16,21 @@ from rich.console import Console
 from rich.table import Table
 
 from workers.adapters.kafka_io import make_producer, security_options
-from workers.common.settings import Settings
+from workers.common.settings import KafkaSettings, ObservabilitySettings
 
 dlq_app = typer.Typer(help="Inspect and replay the dead-letter topic.", no_args_is_help=True)
 console = Console()
 
 
+
+class OpsSettings(KafkaSettings, ObservabilitySettings):
+    """What the DLQ commands read: the broker and the topics."""
+
 def _headers(record) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (record.headers or [])}
 
 
-def _consumer(settings: Settings, group_id: Optional[str]) -> KafkaConsumer:
+def _consumer(settings: KafkaSettings, group_id: Optional[str]) -> KafkaConsumer:
     return KafkaConsumer(
         settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap.split(","), group_id=group_id,
         # a group join alone takes about half the session timeout: wait that long before calling it empty
@@ -46,7 +50,7 @@ def show(limit: int = typer.Option(50, help="messages to list"),
          stage: Optional[str] = typer.Option(None, help="only this stage (validate, fetch, decode, analyze, store)"),
          error_class: Optional[str] = typer.Option(None, help="only this error class")) -> None:
     """List dead-lettered posts with their reasons (reads from the start; commits nothing)."""
-    settings = Settings()
+    settings = OpsSettings()
     consumer = _consumer(settings, None)
     table = Table(title=f"dead letters on {settings.dlq_topic}")
     for col in ("partition:offset", "key", "stage", "error", "message", "original"):
@@ -75,7 +79,7 @@ def replay(stage: Optional[str] = typer.Option(None, help="only posts that faile
            group_id: str = typer.Option("moodwatch-dlq-replay", help="consumer group that records replay progress"),
            dry_run: bool = typer.Option(False, "--dry-run", help="count what would be replayed; publish nothing")) -> None:
     """Re-publish dead-lettered posts to the posts topic (original key and bytes, with replay headers)."""
-    settings = Settings()
+    settings = OpsSettings()
     consumer = _consumer(settings, None if dry_run else group_id)
     producer = None if dry_run else make_producer(settings)
     replayed = skipped = 0

@@ -35,9 +35,9 @@ class ModelControl(str, Enum):
 
 def _settings(**overrides):
     from workers.common.logs import configure_logging
-    from workers.common.settings import Settings
+    from workers.common.settings import AnalysisSettings
 
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = AnalysisSettings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_level, settings.log_json)
     return settings
 

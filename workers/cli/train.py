@@ -12,13 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from workers.common.settings import Settings
+from workers.common.settings import AnalysisSettings
 
 console = Console(stderr=True)
 eval_app = typer.Typer(help="Evaluate on benchmark data.", no_args_is_help=True)
 
 
-def _load_inputs(data_dir: Optional[Path], subset: str, index_dir: Optional[Path], settings: Settings, regions: bool):
+def _load_inputs(data_dir: Optional[Path], subset: str, index_dir: Optional[Path], settings: AnalysisSettings, regions: bool):
     from models.encoders import load_image_backbone, load_text_encoder
     from pipelines.datasets import DatasetNotFound, default_data_dir, load_twitter1
     from pipelines.features import cached_features
@@ -59,7 +59,7 @@ def train(
     from pipelines.evaluate import aligner_recall
     from pipelines.train import TrainConfig, train_heads
 
-    settings = Settings()
+    settings = AnalysisSettings()
     started = time.monotonic()
     cache, db, backbone, text_encoder = _load_inputs(data, subset, index, settings, regions)
     cfg = TrainConfig(seed=seed, epochs=epochs)
@@ -104,7 +104,7 @@ def eval_twitter1(
     from pipelines.evaluate import cross_validate, summarise
     from pipelines.train import TrainConfig
 
-    settings = Settings()
+    settings = AnalysisSettings()
     cache, db, _, _ = _load_inputs(data, subset, index, settings, regions)
     console.print(f"{subset}-agree: {len(cache.names)} images, {int(cache.labels.sum())} positive; "
                   f"index {db.version} ({len(db)} sentences); {folds} folds")

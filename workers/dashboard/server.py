@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS
-from workers.aggregator.settings import AggregatorSettings
+from workers.dashboard.settings import DashboardSettings
 from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.dashboard")
@@ -88,7 +88,7 @@ def pick_interval(span: timedelta, max_buckets: int = MAX_BUCKETS) -> int:
 class DashboardQueries:
     """The Elasticsearch side: each method is one request (two for the time bounds)."""
 
-    def __init__(self, es: Any, settings: AggregatorSettings) -> None:
+    def __init__(self, es: Any, settings: DashboardSettings) -> None:
         self.es = es
         self.settings = settings
         self.results = settings.es_results_index
@@ -423,7 +423,7 @@ def _int(value: str | None, default: int, lo: int, hi: int) -> int:
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, settings: AggregatorSettings, es: Any, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: DashboardSettings, es: Any, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = DashboardMetrics.create(self.registry)
@@ -458,7 +458,7 @@ class DashboardServer(ThreadingHTTPServer):
 
 
 def serve_dashboard(
-    settings: AggregatorSettings | None = None, *, es: Any | None = None, block: bool = True
+    settings: DashboardSettings | None = None, *, es: Any | None = None, block: bool = True
 ) -> DashboardServer:
     """Serve the dashboard on settings.dashboard_host:dashboard_port.
 
@@ -466,7 +466,7 @@ def serve_dashboard(
     0) and runs until Ctrl-C / SIGTERM, then returns the stopped server. ``block=False`` returns a
     running page server (daemon thread) whose ``.url`` / ``.stop()`` you use.
     """
-    settings = settings or AggregatorSettings()
+    settings = settings or DashboardSettings()
     if es is None:
         from workers.adapters.elastic import make_es_client
 

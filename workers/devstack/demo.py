@@ -13,13 +13,13 @@ from workers.devstack.servers import LocalStack
 from workers.common.logs import get_logger
 from workers.analyzer.wiring import build_worker
 from workers.devstack.sample_posts import poison_posts, sample_posts
-from workers.common.settings import Settings
+from workers.analyzer.settings import AnalyzerSettings
 
 log = get_logger("moodwatch.demo")
 console = Console()
 
 
-def produce_demo_posts(settings: Settings, count: int) -> tuple[int, int]:
+def produce_demo_posts(settings: AnalyzerSettings, count: int) -> tuple[int, int]:
     from workers.adapters.kafka_io import make_producer
 
     producer = make_producer(settings)
@@ -35,7 +35,7 @@ def produce_demo_posts(settings: Settings, count: int) -> tuple[int, int]:
     return valid, len(poison)
 
 
-def read_dlq(settings: Settings, expected: int, timeout_s: float = 20.0) -> list[dict[str, str]]:
+def read_dlq(settings: AnalyzerSettings, expected: int, timeout_s: float = 20.0) -> list[dict[str, str]]:
     consumer = KafkaConsumer(
         settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, group_id=None, consumer_timeout_ms=int(timeout_s * 1000),
@@ -53,7 +53,7 @@ def read_dlq(settings: Settings, expected: int, timeout_s: float = 20.0) -> list
     return rows
 
 
-def summary_table(es, settings: Settings) -> Table:
+def summary_table(es, settings: AnalyzerSettings) -> Table:
     es.indices.refresh(index=settings.es_results_index)
     hits = es.search(index=settings.es_results_index, size=200, sort=[{"post_id": "asc"}])["hits"]["hits"]
     table = Table(title=f"analysed posts ({len(hits)} in Elasticsearch index {settings.es_results_index})")
@@ -67,7 +67,7 @@ def summary_table(es, settings: Settings) -> Table:
     return table
 
 
-def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: bool = False, posts: int = 24) -> int:
+def run_demo(settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, triton: bool = False, posts: int = 24) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]moodwatch demo[/bold]: local broker + store under {workdir}")
@@ -122,10 +122,10 @@ def run_demo(settings: Settings, *, workdir: Path, serve: bool = False, triton: 
         )
         ok = processed == valid and dead == poison
         if serve:
-            from workers.aggregator.settings import AggregatorSettings
             from workers.dashboard.server import serve_dashboard
+            from workers.dashboard.settings import DashboardSettings
 
-            dashboard_settings = AggregatorSettings(**settings.model_dump(exclude_none=True) | {
+            dashboard_settings = DashboardSettings(**settings.model_dump(exclude_none=True) | {
                 "dashboard_image_root": settings.image_local_root, "dashboard_default_range": "all"})
             console.print(f"serving the dashboard on http://{dashboard_settings.dashboard_host}:"
                           f"{dashboard_settings.dashboard_port}/ ; Ctrl-C to stop")

@@ -42,7 +42,9 @@ import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic_settings import BaseSettings
 
 LOOPBACK = "127.0.0.1"
 
@@ -60,6 +62,8 @@ __all__ = [
 
 class ProcessStartError(RuntimeError):
     """A managed server exited early or did not become ready in time (message holds its log tail)."""
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -686,13 +690,16 @@ class LocalStack:
             out.update(proc.settings_overrides())
         return out
 
-    def settings(self, **overrides: Any):
-        """A workers.common.settings.Settings pointed at this stack (keyword overrides win)."""
-        from workers.common.settings import Settings
+    def settings(self, cls: type[SettingsT] | None = None, **overrides: Any) -> SettingsT:
+        """Settings of ``cls`` (default: the analyzer's) pointed at this stack (keyword overrides win)."""
+        if cls is None:
+            from workers.analyzer.settings import AnalyzerSettings
+
+            cls = AnalyzerSettings  # type: ignore[assignment]
 
         values: dict[str, Any] = {k.removeprefix("MOODWATCH_").lower(): v for k, v in self.settings_overrides().items()}
         values.update(overrides)
-        return Settings(**values)
+        return cls(**values)  # type: ignore[misc]
 
     def export_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """Put settings_overrides() into os.environ (or `environ`); returns what was set."""

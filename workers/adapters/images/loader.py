@@ -54,7 +54,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from schemas.posts import ImageRef
-    from workers.common.settings import Settings
+    from workers.common.settings import ImageSettings
 
 log = logging.getLogger(__name__)
 
@@ -595,7 +595,7 @@ class UrlPolicy:
             (self._suffixes.append(name) if wildcard else self._exact.add(name))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> UrlPolicy:
+    def from_settings(cls, settings: ImageSettings) -> UrlPolicy:
         return cls(settings.image_allowed_hosts, allow_private=settings.image_allow_private_addresses)
 
     # -- checks ---------------------------------------------------------------------------------
@@ -899,7 +899,7 @@ class ImageLoader:
     threads. Use as a context manager or call ``close()``.
     """
 
-    def __init__(self, settings: Settings, *, policy: UrlPolicy | None = None) -> None:
+    def __init__(self, settings: ImageSettings, *, policy: UrlPolicy | None = None) -> None:
         self.max_bytes = int(settings.image_max_bytes)
         self.max_pixels = int(settings.image_max_pixels)
         self.timeout_s = float(settings.image_fetch_timeout_s)
