@@ -168,5 +168,5 @@ def test_client_from_settings_keeps_secrets_out_of_logs(capsys, noida):
     assert keyed._headers["authorization"] == "ApiKey k3y-value"
     out = capsys.readouterr()
     assert "s3cr3t-pw" not in out.out + out.err and "k3y-value" not in out.out + out.err
-    assert redact_url("https://user:pw@es.example:9243/x") == "https://***@es.example:9243/x"
+    assert redact_url("https://user:pw@es.example:9243/x") == "https://es.example:9243/x"
     assert "pw" not in redact_url("https://user:pw@es.example:9243/x")

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -33,6 +32,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 
 from schemas.es_templates import alerts_template, results_template
 from schemas.results import AlertV1, AnalysisResultV1
+from workers.common.redact import redact_url
 from workers.common.settings import ElasticsearchSettings
 
 log = structlog.get_logger(__name__)
@@ -88,17 +88,6 @@ class StoreRejected(StoreError):
 
 
 # ---- client ------------------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password (for logs)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def make_es_client(settings: ElasticsearchSettings, **overrides: Any) -> Elasticsearch:
