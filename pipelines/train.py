@@ -95,7 +95,6 @@ def train_aligner(heads: MoodHeads, cache: FeatureCache, cfg: TrainConfig, rng: 
         return heads.aligner.loss(x, text[idx])
 
     return _fit(heads.aligner, len(pooled), cfg.align_epochs, 128, cfg, rng, loss_of)
-    return losses
 
 
 def retrieve(heads: MoodHeads, db: SentenceDatabase, pooled: np.ndarray, k: int):

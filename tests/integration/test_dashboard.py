@@ -19,7 +19,8 @@ import pytest
 from schemas.emotions import MIKELS_EMOTIONS
 from tests.factories import T0, make_alert, make_result, tiny_png
 from workers.dashboard.settings import DashboardSettings
-from workers.dashboard.server import MAX_BUCKETS, pick_interval, serve_dashboard
+from workers.dashboard.queries import MAX_BUCKETS, pick_interval
+from workers.dashboard.server import serve_dashboard
 from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
 from workers.aggregator.detection import alert_id
 
@@ -134,7 +135,7 @@ def test_timeline_is_a_date_histogram_of_negative_share_per_channel(dash):
         n[1] += neg
     seen = 0
     for b in data["buckets"]:
-        from workers.dashboard.server import _parse_time
+        from workers.dashboard.queries import _parse_time
 
         t = int(_parse_time(b["t"]).timestamp())
         for ch, v in b["channels"].items():
@@ -152,7 +153,7 @@ def test_timeline_is_a_date_histogram_of_negative_share_per_channel(dash):
 def test_ranges_are_relative_to_the_newest_post(dash):
     server, *_ = dash
     data = get_json(server, "/api/timeline?range=1h")
-    from workers.dashboard.server import _parse_time
+    from workers.dashboard.queries import _parse_time
 
     start, end = _parse_time(data["start"]), _parse_time(data["end"])
     assert timedelta(hours=1) <= end - start < timedelta(hours=1, minutes=2)
