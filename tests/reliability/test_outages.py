@@ -103,7 +103,7 @@ def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_b
     for i, (how, down_s) in enumerate(restarts):
         # let it work a while between restarts
         target = (i + 1) * len(stream) // (len(restarts) + 2)
-        wait_until(lambda: (committed_sum(settings) or 0) >= target, timeout=300, interval=0.3,
+        wait_until(lambda target=target: (committed_sum(settings) or 0) >= target, timeout=300, interval=0.3,
                    what=f"progress to {target}", while_alive=worker)
         before = committed_sum(settings)
         s3_broker.kill() if how == "kill" else s3_broker.stop()

@@ -61,7 +61,8 @@ def post_value(post_id: str, image: dict, *, i: int = 0, version: int = 1, text:
 
 
 def poison_value(kind: str, key: str) -> bytes:
-    b64 = lambda data: {"b64": base64.b64encode(data).decode()}  # noqa: E731
+    def b64(data: bytes) -> dict[str, str]:
+        return {"b64": base64.b64encode(data).decode()}
     if kind == "json":
         return b"{this is not json " + key.encode()
     if kind == "missing":
@@ -255,7 +256,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int = 
         if admin is not None:
             try:
                 admin.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing must not mask the original error
                 pass
         raise
     return {tp.partition: om.offset for tp, om in got.items() if tp.topic == topic and om.offset >= 0}
@@ -265,7 +266,7 @@ def close_admins() -> None:
     for admin in _ADMINS.values():
         try:
             admin.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - best-effort teardown of a broker that may be gone
             pass
     _ADMINS.clear()
 

@@ -304,7 +304,7 @@ def test_window_stats_roundtrip_and_summary():
 def test_a_crash_between_alert_and_state_write_re_raises_the_same_alert():
     obs = shaped("a", [0.3] * 12 + [0.9] * 2)
     agg = MoodAggregator({}, CFG)
-    for i, o in enumerate(obs):
+    for o in obs:
         result = agg.process(o)
         if result.alerts:
             break

@@ -94,7 +94,7 @@ class Stage:
                 for i, inputs in parsed:
                     try:
                         self._answer([(i, inputs)], responses)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:  # noqa: BLE001 - this request's error response, not the batch's
                         responses[i] = _error(f"{self.model_name}: {type(exc).__name__}: {exc}")
         return responses
 

@@ -79,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "moodwatch-dashboard/1"
     _status = 0
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
         t0 = time.perf_counter()
@@ -89,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": str(exc)})
         except BrokenPipeError:
             pass
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed store query answers 502; the server lives on
             log.warning("dashboard_error", path=url.path, error=f"{type(exc).__name__}: {str(exc)[:300]}")
             self._json(502, {"error": f"store query failed: {type(exc).__name__}"})
         endpoint = _endpoint(url.path)
@@ -162,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("dashboard_request", line=format % args)
 
 

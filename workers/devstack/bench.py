@@ -409,7 +409,7 @@ def _concurrent_batches(analyzers, images, batch, budget_s, clock) -> tuple[int,
                     latencies.extend([time.perf_counter() - t0] * batch)
                     for stage, secs in analyzer.last_stage_seconds.items():
                         clock.add(stage, secs)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
             errors.put(exc)
 
     started = time.perf_counter()

@@ -105,7 +105,8 @@ def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
 def poison_posts(start: datetime | None = None) -> list[tuple[str, str, bytes]]:
     """(label, key, value) for deliberately broken posts; each must be dead-lettered with a clear reason."""
     start = start or datetime.now(timezone.utc)
-    b64 = lambda data: {"b64": base64.b64encode(data).decode()}  # noqa: E731
+    def b64(data: bytes) -> dict[str, str]:
+        return {"b64": base64.b64encode(data).decode()}
     return [
         ("bad JSON", "poison-json", b"{this is not json"),
         ("missing fields", "poison-missing", json.dumps({"schema_version": 1, "post_id": "poison-missing"}).encode()),

@@ -268,7 +268,7 @@ class ManagedProcess:
                     if self.is_ready():
                         self.last_start_seconds = time.monotonic() - self._started_at
                         return
-                except Exception as exc:  # not ready yet: keep polling
+                except Exception as exc:  # noqa: BLE001 - not ready yet: keep polling
                     last_error = exc
             if time.monotonic() >= deadline:
                 why = f"; last readiness error: {last_error!r}" if last_error else ""
@@ -678,7 +678,7 @@ class LocalStack:
         for proc in reversed(self.processes):
             try:
                 proc.stop()
-            except Exception as exc:  # keep stopping the rest
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest; the first error is raised below
                 errors.append(exc)
         if errors:
             raise errors[0]

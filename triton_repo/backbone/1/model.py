@@ -19,7 +19,7 @@ for _path in reversed([p for p in os.environ.get("MOODWATCH_TRITON_PYTHONPATH", 
         sys.path.remove(_path)
     sys.path.insert(0, _path)
 
-from moodwatch_serving import BackboneStage  # noqa: E402
+from moodwatch_serving import BackboneStage
 
 
 class TritonPythonModel(BackboneStage):

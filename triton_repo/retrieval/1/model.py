@@ -17,7 +17,7 @@ for _path in reversed([p for p in os.environ.get("MOODWATCH_TRITON_PYTHONPATH", 
         sys.path.remove(_path)
     sys.path.insert(0, _path)
 
-from moodwatch_serving import RetrievalStage  # noqa: E402
+from moodwatch_serving import RetrievalStage
 
 
 class TritonPythonModel(RetrievalStage):
