@@ -311,7 +311,7 @@ def test_a_crash_between_alert_and_state_write_re_raises_the_same_alert():
         agg.apply(result)
     first = result.alerts[0]
     # the process died before applying: nothing of that step is stored, the post comes again
-    again = agg.process(obs[i])
+    again = agg.process(o)
     assert [a.alert_id for a in again.alerts] == [first.alert_id]
     agg.apply(again)
     assert agg.process(obs[i]).status == "duplicate"
