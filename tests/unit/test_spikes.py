@@ -314,7 +314,7 @@ def test_a_crash_between_alert_and_state_write_re_raises_the_same_alert():
     again = agg.process(o)
     assert [a.alert_id for a in again.alerts] == [first.alert_id]
     agg.apply(again)
-    assert agg.process(obs[i]).status == "duplicate"
+    assert agg.process(o).status == "duplicate"
     rest = [a for o in obs[i + 1 :] for a in agg.process_and_apply(o).alerts]
     assert rest == []
 
