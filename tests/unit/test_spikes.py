@@ -304,17 +304,17 @@ def test_window_stats_roundtrip_and_summary():
 def test_a_crash_between_alert_and_state_write_re_raises_the_same_alert():
     obs = shaped("a", [0.3] * 12 + [0.9] * 2)
     agg = MoodAggregator({}, CFG)
-    for o in obs:
+    for i, o in enumerate(obs):  # noqa: B007 - the index of the alerting post is used after the break
         result = agg.process(o)
         if result.alerts:
             break
         agg.apply(result)
     first = result.alerts[0]
     # the process died before applying: nothing of that step is stored, the post comes again
-    again = agg.process(o)
+    again = agg.process(obs[i])
     assert [a.alert_id for a in again.alerts] == [first.alert_id]
     agg.apply(again)
-    assert agg.process(o).status == "duplicate"
+    assert agg.process(obs[i]).status == "duplicate"
     rest = [a for o in obs[i + 1 :] for a in agg.process_and_apply(o).alerts]
     assert rest == []
 
