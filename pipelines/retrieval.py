@@ -91,7 +91,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import math
 import os
 import random
@@ -108,11 +107,12 @@ from typing import Any, Protocol
 
 import faiss
 import numpy as np
+import structlog
 
 from schemas.emotions import MIKELS_EMOTIONS
 from schemas.results import Evidence
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("moodwatch.retrieval")
 
 __all__ = [
     "CORPORA",
@@ -632,7 +632,7 @@ class SentenceDatabase:
             self.search_index, self.on_gpu = self.cpu_index, False
             return self
         if not _faiss_has_gpu():
-            log.info("faiss has no GPU support or sees no GPU; retrieval index stays on CPU (device=%s)", dev)
+            log.info("faiss has no GPU support or sees no GPU; retrieval index stays on CPU", device=dev)
             return self
         try:
             gpu_no = int(dev.split(":", 1)[1]) if ":" in dev else 0
@@ -642,7 +642,8 @@ class SentenceDatabase:
                 faiss.GpuParameterSpace().set_index_parameter(self.search_index, "nprobe", int(self.index_params["nprobe"]))
             self.on_gpu = True
         except Exception as exc:  # noqa: BLE001 - e.g. HNSW has no GPU implementation
-            log.info("retrieval index (%s) could not move to %s, staying on CPU: %s", self.index_type, dev, exc)
+            log.info("retrieval index could not move to the GPU, staying on CPU",
+                     index_type=self.index_type, device=dev, error=str(exc))
             self.search_index, self.on_gpu = self.cpu_index, False
         return self
 
@@ -714,7 +715,8 @@ class SentenceDatabase:
             sentences, features, embeddings, text_encoder=text_encoder.name, embedding_encoder=emb_name,
             index_type=index_type, device=device,
         )
-        log.info("built %s index over %d sentences in %.2fs", index_type, len(db), time.perf_counter() - t0)
+        log.info("built retrieval index", index_type=index_type, sentences=len(db),
+                 seconds=round(time.perf_counter() - t0, 2))
         return db
 
     # -- persistence --------------------------------------------------------------------------
@@ -856,7 +858,7 @@ def build_database(
     sentences: list[Sentence] = []
     for c in ordered:
         loaded = load_corpus(c, data_dir)
-        log.info("corpus %s: %d mapped sentences", c, len(loaded))
+        log.info("corpus loaded", corpus=c, mapped_sentences=len(loaded))
         sentences.extend(loaded)
     sentences = dedupe_sentences(sentences)
     sentences = cap_per_emotion(sentences, max_per_emotion, seed=seed)
@@ -894,9 +896,9 @@ def ensure_seed_index(
         try:
             if read_manifest(cache).get("source_hash") == expected:
                 return SentenceDatabase.load(cache, device=device)
-            log.info("seed index at %s is stale (sentences, encoder or index type changed); rebuilding", cache)
+            log.info("seed index is stale (sentences, encoder or index type changed); rebuilding", path=str(cache))
         except IndexMismatchError as exc:
-            log.warning("seed index at %s unusable (%s); rebuilding", cache, exc)
+            log.warning("seed index unusable; rebuilding", path=str(cache), error=str(exc))
     elif cache.exists() and any(cache.iterdir()):
         raise IndexMismatchError(f"{cache} exists, is not empty and holds no index manifest; refusing to overwrite it")
     db = SentenceDatabase.from_sentences(sentences, text_encoder, index_type=index_type, progress=progress)
@@ -908,7 +910,7 @@ def ensure_seed_index(
             shutil.rmtree(cache)
         os.replace(tmp, cache)
     except OSError as exc:  # another process won the race: use its copy
-        log.info("seed index at %s written concurrently (%s); using it", cache, exc)
+        log.info("seed index written concurrently by another process; using it", path=str(cache), error=str(exc))
         shutil.rmtree(tmp, ignore_errors=True)
     return db.to(device) if device is not None else db
 

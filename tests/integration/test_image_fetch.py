@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from schemas.posts import ImageRef
-from workers.adapters.images.loader import (
+from workers.adapters.images import (
     BlockedURL,
     DecodedImage,
     FetchFailed,
@@ -77,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client hung up, as it should
         self.close_connection = True
 
-    def do_GET(self) -> None:  # noqa: C901 - one route table
+    def do_GET(self) -> None:
         path = self.path
         self.server.log.append((path, self.headers.get("Host"), self.client_address[1]))
         port = self.server.server_address[1]
@@ -370,5 +370,6 @@ def test_load_many_mixes_results_and_errors(server, loader):
     results = loader.load_many(refs)
     assert time.monotonic() - start < 2 * TIMEOUT_S + 1
     assert [type(r).__name__ for r in results] == [
-        "DecodedImage", "FetchFailed", "FetchTimeout", "ImageTooLarge", "UnsupportedFormat", "BlockedURL", "DecodedImage"
+        "DecodedImage", "FetchFailed", "FetchTimeout", "ImageTooLarge", "UnsupportedFormat", "BlockedURL",
+        "DecodedImage",
     ]

@@ -212,7 +212,7 @@ def inproc_worker(tiny_db_dir):
 
     from tests.support.chaos import build_tiny_analyzer
     from workers.analyzer.worker import AnalyzerWorker
-    from workers.adapters.images.loader import ImageLoader
+    from workers.adapters.images import ImageLoader
     from workers.analyzer.metrics import WorkerMetrics
     from workers.analyzer.settings import AnalyzerSettings as Settings
 

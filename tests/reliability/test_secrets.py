@@ -165,7 +165,7 @@ def test_tls_auth_and_api_key_reach_elasticsearch(monkeypatch, capsys, figures_s
 
 def test_image_url_tokens_and_user_info_stay_out_of_refusals(caplog, figures_secrets):
     from schemas.posts import ImageRef
-    from workers.adapters.images.loader import ImageLoader
+    from workers.adapters.images import ImageLoader
 
     loader = ImageLoader(Settings(image_fetch_timeout_s=1.0, metrics_port=0))
     try:

@@ -1,4 +1,4 @@
-"""workers/adapters/images/loader.py: decoding under limits, SSRF policy, base64 and local-path sources.
+"""workers/adapters/images: decoding under limits, SSRF policy, base64 and local-path sources.
 
 Every image is made here with Pillow/numpy; no network (getaddrinfo is replaced by a fake).
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from structlog.testing import capture_logs
 
 from schemas.posts import ImageRef
-from workers.adapters.images import loader as images
-from workers.adapters.images.loader import (
+from workers.adapters.images import (
     BlockedURL,
     CorruptImage,
     DecodedImage,
@@ -31,11 +31,13 @@ from workers.adapters.images.loader import (
     TooManyPixels,
     UnsupportedFormat,
     UrlPolicy,
+    configure_pillow,
     decode_image,
     parse_formats,
-    redact_url,
 )
+from workers.adapters.images import loader as image_loader
 from workers.analyzer.settings import AnalyzerSettings as Settings
+from workers.common.redact import redact_url
 
 MAX_PIXELS = 40_000_000
 FORMATS = "JPEG,PNG,GIF,WEBP,BMP,TIFF"
@@ -200,7 +202,10 @@ def test_palette_png_with_and_without_transparency():
 
 def test_animated_gif_and_webp_and_apng_give_the_first_frame():
     frames = [Image.new("RGB", (12, 10), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    for fmt, params in (("GIF", {"duration": 50, "loop": 0}), ("WEBP", {"lossless": True, "duration": 50}), ("PNG", {"duration": 50})):
+    animations = (
+        ("GIF", {"duration": 50, "loop": 0}), ("WEBP", {"lossless": True, "duration": 50}), ("PNG", {"duration": 50})
+    )
+    for fmt, params in animations:
         data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
         assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3, fmt
         result = decode(data)
@@ -333,7 +338,7 @@ def test_decompression_bomb_png_is_refused_fast_without_decoding(monkeypatch):
 
 def test_pillow_bomb_guard_is_an_error_not_a_warning():
     original = Image.MAX_IMAGE_PIXELS
-    images.configure_pillow(MAX_PIXELS)
+    configure_pillow(MAX_PIXELS)
     try:
         assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS
         # decode_image with a looser per-call limit still hits Pillow's own guard, as an error.
@@ -386,7 +391,8 @@ def test_oversize_bytes():
 
 
 def test_every_error_is_an_image_error_with_a_stage():
-    for cls in (ImageTooLarge, TooManyPixels, UnsupportedFormat, CorruptImage, FetchFailed, BlockedURL, LocalPathRefused):
+    errors = (ImageTooLarge, TooManyPixels, UnsupportedFormat, CorruptImage, FetchFailed, BlockedURL, LocalPathRefused)
+    for cls in errors:
         assert issubclass(cls, ImageError)
         assert cls("x").stage in ("fetch", "decode")
         assert cls.code != ImageError.code
@@ -640,7 +646,7 @@ def test_b64_images():
 
 def test_b64_size_is_checked_before_decoding(monkeypatch):
     decoded = []
-    monkeypatch.setattr(images.base64, "b64decode", lambda *a, **k: decoded.append(1) or b"")
+    monkeypatch.setattr(image_loader.base64, "b64decode", lambda *a, **k: decoded.append(1) or b"")
     with make_loader(image_max_bytes=1000) as loader:
         with pytest.raises(ImageTooLarge):
             loader.decode_b64("A" * 1400)
@@ -669,7 +675,10 @@ def test_local_paths_under_root(tmp_path):
         assert_rgb(loader.load(ImageRef(path=str(root / "sub" / "ok.png"))), 7, 5)
         assert_rgb(loader.load(ImageRef(path="sub/ok.png")), 7, 5)
         assert_rgb(loader.load(ImageRef(path="inside_link.png")), 7, 5)
-        for bad in ("../secret.png", str(outside), "escape.png", "escape_dir/secret.png", "sub/../../secret.png", "/etc/passwd"):
+        escapes = (
+            "../secret.png", str(outside), "escape.png", "escape_dir/secret.png", "sub/../../secret.png", "/etc/passwd"
+        )
+        for bad in escapes:
             with pytest.raises(LocalPathRefused, match="outside"):
                 loader.load(ImageRef(path=bad))
         with pytest.raises(LocalPathRefused, match="regular file"):
@@ -709,7 +718,7 @@ def test_unexpected_bug_becomes_an_image_error(monkeypatch):
     def boom(*args, **kwargs):
         raise KeyError("bug")
 
-    monkeypatch.setattr(images, "decode_image", boom)
+    monkeypatch.setattr(image_loader, "decode_image", boom)
     good = base64.b64encode(encode(Image.new("RGB", (4, 3)), "PNG")).decode()
     with make_loader() as loader:
         with pytest.raises(ImageError, match="internal error") as info:
@@ -718,11 +727,12 @@ def test_unexpected_bug_becomes_an_image_error(monkeypatch):
         assert isinstance(loader.load_many([ImageRef(b64=good)])[0], ImageError)
 
 
-def test_logs_never_contain_image_bytes_or_base64(caplog):
+def test_logs_never_contain_image_bytes_or_base64():
     secret = base64.b64encode(b"<svg>" + b"S3CRET" * 50 + b"</svg>").decode()
-    with caplog.at_level("DEBUG", logger="workers.adapters.images.loader"):
+    with capture_logs() as events:
         with make_loader() as loader:
             loader.load_many([ImageRef(b64=secret), ImageRef(url="https://u:pw@example.com/a.jpg?token=S3CRET")])
-    text = caplog.text
+    assert [e["event"] for e in events] == ["image refused", "image refused"]
+    text = repr(events)
     assert secret[:40] not in text and "S3CRET" not in text and "pw@" not in text
     assert "b64:" in text

@@ -9,12 +9,14 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from PIL import Image
 
 from schemas.results import ImageAnalysis
+from workers.adapters.images import DecodedImage, PixelBudget, decode_image
 from workers.analyzer.worker import in_source_pixels
-from workers.adapters.images.loader import DecodedImage, PixelBudget, decode_image
 
 FORMATS = "JPEG,PNG"
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from workers.adapters.images.loader import DecodedImage, ImageError, decode_image
+from workers.adapters.images import DecodedImage, ImageError, decode_image
 
 MAX_PIXELS = 1 << 20  # small, so a mutated header can never ask for much memory
 MAX_BYTES = 1 << 20
@@ -112,7 +112,9 @@ def test_arbitrary_bytes(data):
 @pytest.mark.timeout(120)
 @FUZZ
 @given(
-    prefix=st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBP", b"BM", b"II*\x00", b"MM\x00*"]),
+    prefix=st.sampled_from(
+        [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBP", b"BM", b"II*\x00", b"MM\x00*"]
+    ),
     rest=st.binary(max_size=2048),
 )
 def test_random_bytes_behind_real_magic(prefix, rest):
@@ -127,7 +129,11 @@ MUTATION = st.one_of(
     st.tuples(st.just("delete"), _position, st.integers(1, 64)),
     st.tuples(st.just("insert"), _position, st.binary(min_size=1, max_size=32)),
     st.tuples(st.just("header"), st.integers(0, 63), st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("huge"), st.integers(0, 63), st.sampled_from([b"\xff\xff", b"\x7f\xff", b"\xff\xff\xff\x7f", b"\x00\x00"])),
+    st.tuples(
+        st.just("huge"),
+        st.integers(0, 63),
+        st.sampled_from([b"\xff\xff", b"\x7f\xff", b"\xff\xff\xff\x7f", b"\x00\x00"]),
+    ),
 )
 
 

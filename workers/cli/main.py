@@ -46,7 +46,7 @@ def analyze(
     """Analyse image files directly (no broker, no store)."""
     from workers.analyzer.worker import in_source_pixels
     from workers.analyzer.backends import build_analyzer
-    from workers.adapters.images.loader import ImageError, decode_image
+    from workers.adapters.images import ImageError, decode_image
 
     settings = _settings(backend=backend)
     analyzer = build_analyzer(settings)

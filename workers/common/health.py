@@ -38,7 +38,6 @@ means "no endpoint", which :func:`serve_health_from_settings` honours.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import threading
 import time
@@ -52,6 +51,8 @@ from urllib.parse import urlsplit
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from workers.common.logs import get_logger
+
 __all__ = [
     "CheckResult",
     "HealthServer",
@@ -61,7 +62,7 @@ __all__ = [
     "tcp_check",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger("moodwatch.health")
 
 Check = Callable[[], Any]
 
@@ -203,7 +204,7 @@ class HealthState:
                     False, f"timed out after {self.check_timeout_s:g}s", elapsed
                 )
                 continue
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the check's own failure: reported as not ready
                 results[runner.name] = CheckResult(
                     False, f"{type(exc).__name__}: {exc}"[:500], _elapsed_ms(fut, t0)
                 )
@@ -271,10 +272,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     server_version = "moodwatch-health"
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._dispatch(send_body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch(send_body=False)
 
     def _dispatch(self, send_body: bool) -> None:
@@ -300,8 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, "text/plain; charset=utf-8", b"not found\n", send_body)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        except Exception:  # noqa: BLE001 - never let a probe kill the server thread
-            log.exception("health endpoint %s failed", path)
+        except Exception:  # never let a probe kill the server thread
+            log.exception("health endpoint failed", path=path)
             try:
                 self._send(500, "text/plain; charset=utf-8", b"internal error\n", send_body)
             except OSError:
@@ -320,8 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("health %s - " + format, self.address_string(), *args)
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib hook for the access log
+        log.debug("health request", client=self.address_string(), line=format % args)
 
 
 class HealthServer(ThreadingHTTPServer):
@@ -381,7 +382,7 @@ def serve_health(
     """Start the endpoint in a daemon thread; ``port=0`` picks a free port (see ``.port``)."""
     server = HealthServer((host, port), state, registry if registry is not None else REGISTRY)
     server.start()
-    log.info("health and metrics endpoint on %s", server.url)
+    log.info("health and metrics endpoint", url=server.url)
     return server
 
 
