@@ -114,8 +114,10 @@ class AnalysisResultV1(_Model):
     post_id: Identifier
     author_id: Identifier
     channel: Identifier
-    created_at: AwareDatetime
+    created_at: AwareDatetime  # event time: the post's claim when within bounds, else when it was seen
     analyzed_at: AwareDatetime
+    event_time_clamped: bool = False  # the claimed created_at was not trusted (too far ahead, or before the floor)
+    claimed_created_at: str | None = None  # the producer's created_at, verbatim (ISO), when it was not trusted
     lang: str | None = None
     text: str | None = None
     image_ref: str
@@ -140,13 +142,18 @@ class AnalysisResultV1(_Model):
         analyzed_at: datetime,
         model_versions: ModelVersions,
         timings: StageTimings,
+        created_at: datetime | None = None,
     ) -> "AnalysisResultV1":
+        """``created_at``: the bounded event time when the post's own claim was not trusted."""
+        clamped = created_at is not None and created_at != post.created_at
         return cls(
             post_id=post.post_id,
             author_id=post.author_id,
             channel=post.channel,
-            created_at=post.created_at,
+            created_at=created_at if clamped else post.created_at,
             analyzed_at=analyzed_at,
+            event_time_clamped=clamped,
+            claimed_created_at=post.created_at.isoformat() if clamped else None,
             lang=post.lang,
             text=post.text,
             image_ref=post.image.describe() if post.image.b64 is None else "inline",

@@ -7,11 +7,17 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from workers.common.settings import PROJECT_ROOT, ElasticsearchSettings, KafkaSettings, ObservabilitySettings
 from workers.aggregator.detection import DetectorConfig
+from workers.common.settings import (
+    PROJECT_ROOT,
+    ElasticsearchSettings,
+    EventTimeSettings,
+    KafkaSettings,
+    ObservabilitySettings,
+)
 
 
-class AggregatorSettings(KafkaSettings, ElasticsearchSettings, ObservabilitySettings):
+class AggregatorSettings(KafkaSettings, ElasticsearchSettings, EventTimeSettings, ObservabilitySettings):
     # -- the faust app --------------------------------------------------------------------------
     aggregator_app_id: str = Field(
         "moodwatch-aggregator",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from workers.common.settings import AnalysisSettings, ElasticsearchSettings, ImageSettings, KafkaSettings
+from workers.common.settings import (
+    AnalysisSettings,
+    ElasticsearchSettings,
+    EventTimeSettings,
+    ImageSettings,
+    KafkaSettings,
+)
 
 
-class AnalyzerSettings(KafkaSettings, ElasticsearchSettings, ImageSettings, AnalysisSettings):
+class AnalyzerSettings(KafkaSettings, ElasticsearchSettings, ImageSettings, EventTimeSettings, AnalysisSettings):
     consumer_group: str = Field("moodwatch-analyzer", description="consumer group of the analyzer workers")
     kafka_max_poll_interval_ms: int = Field(
         300_000, description="max time between polls before the group evicts the worker"

@@ -15,6 +15,7 @@ from workers.analyzer.settings import AnalyzerSettings
 from workers.common.settings import (
     PROJECT_ROOT,
     ElasticsearchSettings,
+    EventTimeSettings,
     ImageSettings,
     KafkaSettings,
     LocalImageSettings,
@@ -30,6 +31,7 @@ PARTS: list[type[MoodwatchSettings]] = [
     ElasticsearchSettings,
     LocalImageSettings,
     ImageSettings,
+    EventTimeSettings,
     ModelSettings,
     TritonSettings,
     ObservabilitySettings,

@@ -8,11 +8,14 @@ Helm chart's ConfigMap) configures every process. Every field is documented in R
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.common.event_time import EventTimeBounds
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,6 +148,24 @@ class ObservabilitySettings(MoodwatchSettings):
     metrics_host: str = Field("127.0.0.1", description="bind address of metrics/health (0.0.0.0 in a pod)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool | None = Field(None, description="JSON logs; default: JSON when stderr is not a TTY")
+
+
+class EventTimeSettings(MoodwatchSettings):
+    event_time_max_future_skew_s: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "a post's created_at more than this far ahead of the time it is seen is not trusted: the post is "
+            "placed at the time it was seen and flagged (event_time_clamped)"
+        ),
+    )
+    event_time_floor: AwareDatetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="a created_at before this instant is not trusted either (placed at the time seen, flagged)",
+    )
+
+    def event_time_bounds(self) -> EventTimeBounds:
+        return EventTimeBounds(timedelta(seconds=self.event_time_max_future_skew_s), self.event_time_floor)
 
 
 class AnalysisSettings(ModelSettings, TritonSettings, ObservabilitySettings):

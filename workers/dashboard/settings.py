@@ -7,10 +7,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from workers.common.settings import ElasticsearchSettings, LocalImageSettings, ObservabilitySettings
+from workers.common.settings import (
+    ElasticsearchSettings,
+    EventTimeSettings,
+    LocalImageSettings,
+    ObservabilitySettings,
+)
 
 
-class DashboardSettings(ElasticsearchSettings, LocalImageSettings, ObservabilitySettings):
+class DashboardSettings(ElasticsearchSettings, LocalImageSettings, EventTimeSettings, ObservabilitySettings):
     dashboard_host: str = Field("127.0.0.1", description="address the dashboard binds to")
     dashboard_port: int = Field(8050, ge=0, le=65535, description="dashboard port (0 = pick a free one)")
     dashboard_image_root: Path | None = Field(
