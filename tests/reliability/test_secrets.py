@@ -163,10 +163,12 @@ def test_tls_auth_and_api_key_reach_elasticsearch(monkeypatch, capsys, figures_s
     figures_secrets["secret_checks"] += 3
 
 
-def test_image_url_tokens_and_user_info_stay_out_of_refusals(caplog, figures_secrets):
+def test_image_url_tokens_and_user_info_stay_out_of_refusals(capsys, figures_secrets):
     from schemas.posts import ImageRef
     from workers.adapters.images import ImageLoader
+    from workers.common.logs import configure_logging
 
+    configure_logging("DEBUG", json=True)
     loader = ImageLoader(Settings(image_fetch_timeout_s=1.0, metrics_port=0))
     try:
         urls = [
@@ -175,13 +177,15 @@ def test_image_url_tokens_and_user_info_stay_out_of_refusals(caplog, figures_sec
             f"http://169.254.169.254/latest/meta-data/?token={URL_TOKEN}",
             f"ftp://cdn.example.com/{URL_TOKEN[:3]}a.png?k={URL_TOKEN}",
         ]
-        with caplog.at_level("DEBUG"):
-            results = loader.load_many([ImageRef(url=u) for u in urls])
+        results = loader.load_many([ImageRef(url=u) for u in urls])
     finally:
         loader.close()
     for url, result in zip(urls, results):
         assert not leaked(str(result)), f"{url}: {result}"
-    assert not leaked(caplog.text), leaked(caplog.text)
+    out = capsys.readouterr()
+    logged = out.out + out.err
+    assert logged.count('"image refused"') == len(urls), logged  # every refusal is logged, and only redacted
+    assert not leaked(logged), leaked(logged)
     figures_secrets["secret_checks"] += len(urls)
 
 
