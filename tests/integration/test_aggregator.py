@@ -336,7 +336,9 @@ def test_restart_before_the_spike_with_several_partitions(tansu, setup):
 def test_gap_repair_re_reads_exactly_the_skipped_records(tansu, tmp_path):
     import asyncio
 
-    from workers.aggregator.app import AggregatorMetrics, GapRepair, create_app
+    from workers.aggregator.app import create_app
+    from workers.aggregator.faust_fixes import GapRepair
+    from workers.aggregator.metrics import AggregatorMetrics
 
     tag = uuid.uuid4().hex[:8]
     topic = f"gaps-{tag}"
@@ -373,7 +375,7 @@ def test_verified_end_offsets_corrects_tansus_short_list_offsets(tansu):
 
     import aiokafka
 
-    from workers.aggregator.app import verified_end_offsets
+    from workers.aggregator.faust_fixes import verified_end_offsets
 
     topic = f"ends-{uuid.uuid4().hex[:8]}"
     tansu.create_topics([topic], partitions=2)

@@ -44,7 +44,7 @@ AGGREGATABLE = NUMERIC | {"keyword", "date", "boolean"}
 
 def exported_metric_names() -> set[str]:
     """Every sample name the workers' metric objects export."""
-    from workers.aggregator.app import AggregatorMetrics
+    from workers.aggregator.metrics import AggregatorMetrics
     from workers.aggregator.alerts_out import AlertOutputMetrics
     from workers.dashboard.server import DashboardMetrics
     from workers.analyzer.metrics import WorkerMetrics

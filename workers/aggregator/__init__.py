@@ -11,5 +11,8 @@ def __getattr__(name: str) -> Any:
     if name == "app":
         from workers.aggregator.app import app
 
+        # That import bound this package's `app` to the submodule `app`; faust's CLI looks `app` up
+        # more than once, so the faust app has to replace it.
+        globals()["app"] = app
         return app
     raise AttributeError(name)

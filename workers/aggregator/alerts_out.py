@@ -97,7 +97,7 @@ class AlertOutputMetrics:
     webhook_attempts: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> "AlertOutputMetrics":
+    def create(cls, registry: CollectorRegistry | None = None) -> AlertOutputMetrics:
         registry = registry if registry is not None else REGISTRY
         return cls(
             deliveries=Counter(
@@ -233,7 +233,7 @@ class AlertOutputs:
             es = make_es_client(settings)
             try:
                 install_templates(es, settings)  # idempotent; the alerts index gets its strict mapping
-            except Exception as exc:  # the store may be down right now: the sink retries its writes
+            except Exception as exc:  # noqa: BLE001 - the store may be down now: the sink retries its writes
                 log.warning("alert_templates_not_installed", error=str(exc)[:300])
             self.es_sink = AlertSink(es, settings)
         self.webhook = webhook
@@ -258,7 +258,7 @@ class AlertOutputs:
             try:
                 self.es_sink.write([alert])
                 outcomes["elasticsearch"] = "ok"
-            except Exception as exc:  # StoreUnavailable after its own long retry, or rejected
+            except Exception as exc:  # noqa: BLE001 - StoreUnavailable after its own long retry, or rejected
                 log.error("alert_es_failed", alert_id=alert.alert_id, error=str(exc)[:500])
                 outcomes["elasticsearch"] = "failed"
         if self.webhook is not None:

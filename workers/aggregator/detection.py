@@ -46,10 +46,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from scipy.stats import binomtest
 
@@ -120,7 +120,7 @@ class Observation:
     emotions: tuple[float, ...]  # wheel order, len 8
 
     @classmethod
-    def from_result(cls, result: AnalysisResultV1 | Any) -> "Observation":
+    def from_result(cls, result: AnalysisResultV1 | Any) -> Observation:
         """From an AnalysisResultV1 or any view of one with the same fields (the aggregator's)."""
         return cls(
             post_id=result.post_id,
@@ -134,7 +134,7 @@ class Observation:
         return {"p": self.post_id, "c": self.channel, "t": self.ts, "n": self.negative, "e": list(self.emotions)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Observation":
+    def from_dict(cls, d: dict[str, Any]) -> Observation:
         emotions = tuple(float(x) for x in d["e"])
         if len(emotions) != N_EMOTIONS or not all(math.isfinite(x) for x in emotions):
             raise ValueError("emotions must be 8 finite numbers")
@@ -213,7 +213,7 @@ class WindowStats:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WindowStats":
+    def from_dict(cls, d: dict[str, Any]) -> WindowStats:
         return cls(
             start=int(d["start"]),
             size=int(d["size"]),
@@ -224,7 +224,7 @@ class WindowStats:
         )
 
     @classmethod
-    def pooled(cls, windows: Iterable["WindowStats"], start: int, size: int) -> "WindowStats":
+    def pooled(cls, windows: Iterable[WindowStats], start: int, size: int) -> WindowStats:
         out = cls(start=start, size=size)
         for w in windows:
             out.count += w.count
@@ -246,7 +246,7 @@ def hopping_starts(ts: float, size: int, step: int) -> list[int]:
 
 
 def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def alert_id(channel: str, kind: str, window_start: int | float | datetime) -> str:
@@ -439,7 +439,7 @@ class MoodAggregator:
         self.store = store
         self._tx: _Overlay | None = None
         self.cfg = cfg
-        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._now = now or (lambda: datetime.now(UTC))
         # derived, in memory only: channel -> (window start, pooled baseline before it)
         self._baseline_cache: dict[str, tuple[int, WindowStats]] = {}
 
@@ -486,7 +486,7 @@ class MoodAggregator:
         result.writes = tx.writes
         return result
 
-    def apply(self, result: "StepResult | BatchResult") -> None:
+    def apply(self, result: StepResult | BatchResult) -> None:
         """Store the writes of a processed step (after its alerts were published)."""
         for key, value in result.writes.items():
             if value is _DELETED:
@@ -495,7 +495,7 @@ class MoodAggregator:
             else:
                 self.store[key] = value
 
-    def process_many(self, observations: Iterable[Observation]) -> "BatchResult":
+    def process_many(self, observations: Iterable[Observation]) -> BatchResult:
         """Evaluate a batch in order; writes to the same key are coalesced (one write per key).
 
         Same alerts and same final state as processing them one by one, with far fewer state
@@ -637,8 +637,8 @@ class MoodAggregator:
             alert_id=alert_id(channel, kind, win.start),
             channel=channel,
             kind=kind,
-            window_start=datetime.fromtimestamp(win.start, tz=timezone.utc),
-            window_end=datetime.fromtimestamp(win.end, tz=timezone.utc),
+            window_start=datetime.fromtimestamp(win.start, tz=UTC),
+            window_end=datetime.fromtimestamp(win.end, tz=UTC),
             created_at=self._now(),
             posts_in_window=win.count,
             negative_in_window=win.negative,
@@ -678,7 +678,9 @@ class MoodAggregator:
             effect_size=round(ev.effect, 6),
             dominant_emotion=dom,
             previous_dominant_emotion=prev,
-            message=f"dominant emotion in {channel} shifted from {prev} to {dom} ({win.count} posts, p={ev.p_value:.2g})",
+            message=(
+                f"dominant emotion in {channel} shifted from {prev} to {dom} ({win.count} posts, p={ev.p_value:.2g})"
+            ),
         )
 
     # -- views ---------------------------------------------------------------------------------

@@ -1,0 +1,47 @@
+"""The aggregator's /metrics, /livez and /readyz endpoint, and the heartbeat that keeps /livez green."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workers.aggregator.metrics import AggregatorMetrics
+from workers.aggregator.settings import AggregatorSettings
+
+if TYPE_CHECKING:
+    from workers.common.health import HealthServer, HealthState
+
+
+class HealthEndpoint:
+    """Owns the health state and its server; ``start`` runs as a faust task, ``heartbeat`` as a timer."""
+
+    def __init__(self, settings: AggregatorSettings, metrics: AggregatorMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.state: HealthState | None = None
+        self.server: HealthServer | None = None
+
+    @property
+    def port(self) -> int | None:
+        s = self.settings
+        return s.aggregator_metrics_port if s.aggregator_metrics_port is not None else s.metrics_port
+
+    async def start(self) -> None:
+        """Serve on ``port`` (0 or unset: off), with Kafka and (when alerts go there) Elasticsearch as readiness."""
+        if not self.port:
+            return
+        from workers.common.health import HealthState, serve_health, tcp_check
+
+        s = self.settings
+        state = HealthState(stale_after_s=60)
+        state.add_check("kafka", tcp_check(s.kafka_bootstrap))
+        if s.alerts_to_elasticsearch:
+            from workers.adapters.elastic import make_es_client, ping
+
+            es = make_es_client(s)
+            state.add_check("elasticsearch", lambda: ping(es))
+        self.state = state
+        self.server = serve_health(state, s.metrics_host, self.port, self.metrics.registry)
+
+    async def heartbeat(self) -> None:
+        if self.state is not None:
+            self.state.tick()
