@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS
+from workers.common.event_time import SAFE_MAX, SAFE_MIN, clamp_to_safe_range
 from workers.common.logs import get_logger
 from workers.dashboard.settings import DashboardSettings
 
@@ -26,7 +27,7 @@ RANGES: dict[str, timedelta | None] = {
     "all": None,
 }
 # "nice" histogram intervals, seconds; the smallest giving at most MAX_BUCKETS buckets is used
-INTERVALS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
+INTERVALS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800, 2592000, 31536000)
 MAX_BUCKETS = 120
 MAX_CHANNELS = 8
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
@@ -46,9 +47,16 @@ def _iso(dt: datetime) -> str:
 
 
 def _parse_time(value: Any) -> datetime:
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc)
+    """A stored time as an aware datetime inside the range the page can do arithmetic on."""
+    try:
+        if isinstance(value, (int, float)):
+            parsed = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        else:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        text = str(value)
+        parsed = SAFE_MAX if text[:1].isdigit() and len(text.split("-", 1)[0]) > 4 else SAFE_MIN
+    return clamp_to_safe_range(parsed)
 
 
 def pick_interval(span: timedelta, max_buckets: int = MAX_BUCKETS) -> int:
@@ -70,7 +78,15 @@ class DashboardQueries:
 
     # -- time window ---------------------------------------------------------------------------
     def _edge(self, order: str) -> datetime | None:
-        resp = self.es.search(index=self.results, size=1, sort=[{"created_at": order}], source_includes=["created_at"])
+        """The oldest / newest trusted event time in the store. Results whose created_at lies outside
+        the event-time bounds (written before the bounds existed, or by another producer) are left out
+        of the anchoring, so one absurd date cannot move the time axis."""
+        bounds = self.settings.event_time_bounds()
+        latest = datetime.now(timezone.utc) + bounds.max_future_skew
+        trusted = {"range": {"created_at": {"gte": _iso(bounds.floor), "lte": _iso(latest)}}}
+        resp = self.es.search(
+            index=self.results, size=1, query=trusted, sort=[{"created_at": order}], source_includes=["created_at"]
+        )
         hits = resp["hits"]["hits"]
         return _parse_time(hits[0]["_source"]["created_at"]) if hits else None
 
