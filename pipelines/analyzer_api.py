@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipelines.errors import PermanentError, TransientError
 from schemas.results import ImageAnalysis, ModelVersions
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(TransientError):
     """The model backend cannot be reached right now (transient: retry, never dead-letter)."""
 
 
-class AnalysisFailed(RuntimeError):
+class AnalysisFailed(PermanentError):
     """This input cannot be analysed (permanent for this input: dead-letter it)."""
 
 

@@ -11,6 +11,7 @@ import pytest
 from elasticsearch import BadRequestError, Elasticsearch
 from pydantic import SecretStr
 
+from pipelines.errors import ItemsRejected, TransientError
 from schemas.results import AlertV1, AnalysisResultV1
 from tests.factories import make_alert, make_result, make_results
 from workers.adapters.elastic import (
@@ -23,8 +24,8 @@ from workers.adapters.elastic import (
     ping,
     redact_url,
 )
-from workers.devstack.servers import NoidaStore, free_port
 from workers.analyzer.settings import AnalyzerSettings as Settings
+from workers.devstack.servers import NoidaStore, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -48,7 +49,8 @@ def es(settings) -> Elasticsearch:
 
 
 def test_templates_installed_with_strict_mappings(es, settings):
-    assert install_templates(es, settings) == {settings.es_results_index: "template", settings.es_alerts_index: "template"}
+    installed = install_templates(es, settings)
+    assert installed == {settings.es_results_index: "template", settings.es_alerts_index: "template"}
     assert install_templates(es, settings)  # idempotent
     names = {t["name"] for t in es.indices.get_index_template(name=settings.es_results_index)["index_templates"]}
     assert names == {settings.es_results_index}
@@ -112,6 +114,8 @@ def test_rejected_documents_raise_store_rejected_with_their_ids(es, settings):
     assert all("channel" in info.value.reasons[i] for i in bad)
     assert es.count(index=index)["count"] == 12 - len(bad)
     assert sink.stats.retries == 0  # a 400 is not retried
+    assert isinstance(info.value, ItemsRejected), "the worker dead-letters ItemsRejected, whichever store raised it"
+    assert info.value.only(bad[0]).reasons == {bad[0]: info.value.reasons[bad[0]]}
 
 
 def test_sink_retries_while_store_restarts_mid_write(tmp_path):
@@ -157,6 +161,7 @@ def test_store_unavailable_after_retry_budget():
     assert 1.0 <= time.monotonic() - t0 < 10
     assert sorted(info.value.pending_ids) == sorted(r.post_id for r in results)
     assert sink.stats.retries >= 2 and sink.stats.failed_batches == 1
+    assert isinstance(info.value, TransientError), "the worker waits out a TransientError, whichever store raised it"
 
 
 def test_client_from_settings_keeps_secrets_out_of_logs(capsys, noida):

@@ -22,13 +22,24 @@ class _Done:
         return None
 
 
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def get(self, timeout=None):
+        raise self.error
+
+
 class FakeProducer:
-    def __init__(self):
+    """ack_failures: exceptions raised, in order, by the acknowledgements of the next messages sent."""
+
+    def __init__(self, ack_failures: list[BaseException] | None = None):
         self.sent: list[tuple[str, bytes, bytes, list]] = []
+        self.ack_failures = list(ack_failures or [])
 
     def send(self, topic, key=None, value=None, headers=None):
         self.sent.append((topic, key, value, headers or []))
-        return _Done()
+        return _Failed(self.ack_failures.pop(0)) if self.ack_failures else _Done()
 
     def flush(self, timeout=None):
         pass
@@ -78,8 +89,15 @@ class FakeConsumer:
 
 
 class FakeStore:
-    def __init__(self):
+    """failures: exceptions raised by the next write calls, in order, before writes succeed."""
+
+    def __init__(self, failures: list[BaseException] | None = None):
         self.docs: list = []
+        self.failures = list(failures or [])
+        self.write_attempts = 0
 
     def write(self, results):
+        self.write_attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
         self.docs.extend(results)

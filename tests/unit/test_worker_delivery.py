@@ -1,5 +1,6 @@
 """The commit stage: a broker outage while committing is waited out (never kills the worker), a
 rebalance is reported as not committed, and the offsets committed are the batch's next offsets.
+Every stage waits out an outage (a TransientError, whichever adapter reports it) and nothing else.
 The stall watchdog: a consumer poll that never returns ends the process for a restart."""
 
 from __future__ import annotations
@@ -7,15 +8,27 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import CollectorRegistry
 
+from pipelines.analyzer_api import BackendUnavailable
+from schemas.results import ImageAnalysis
+from tests.factories import MODEL_VERSIONS, make_result, post_json
 from tests.support.fakes import FakeConsumer, FakeProducer, FakeStore, Rec
-from workers.analyzer.worker import AnalyzerWorker
+from workers.adapters.elastic import StoreRejected, StoreUnavailable
+from workers.adapters.kafka_io import BrokerUnavailable, OutageAwareConsumer, OutageAwareProducer
 from workers.analyzer.metrics import WorkerMetrics
 from workers.analyzer.settings import AnalyzerSettings as Settings
+from workers.analyzer.worker import AnalyzerWorker
 
 TP = TopicPartition("posts", 0)
 
@@ -35,11 +48,15 @@ class _NoImages:
         raise AssertionError("no post should be fetched")
 
 
-def make_worker(consumer: FakeConsumer, **settings) -> tuple[AnalyzerWorker, WorkerMetrics]:
+def make_worker(consumer: FakeConsumer, *, producer: FakeProducer | None = None, analyzer=None, images=None,
+                store=None, **settings) -> tuple[AnalyzerWorker, WorkerMetrics]:
+    """The worker with its Kafka fakes wrapped as wiring wraps the real clients."""
     metrics = WorkerMetrics.create(CollectorRegistry())
     cfg = Settings(metrics_port=0, posts_topic="posts", **settings)
-    worker = AnalyzerWorker(cfg, consumer=consumer, producer=FakeProducer(), analyzer=_NoAnalyzer(),
-                            images=_NoImages(), store=FakeStore(), metrics=metrics)
+    worker = AnalyzerWorker(cfg, consumer=OutageAwareConsumer(consumer),
+                            producer=OutageAwareProducer(producer or FakeProducer()),
+                            analyzer=analyzer or _NoAnalyzer(), images=images or _NoImages(),
+                            store=store if store is not None else FakeStore(), metrics=metrics)
     worker._sleep_keeping_membership = lambda s: None  # no real waiting in unit tests
     return worker, metrics
 
@@ -65,15 +82,130 @@ def test_rebalance_during_commit_is_not_retried_and_counts_nothing_as_processed(
     worker, metrics = make_worker(consumer)
     worker.process(bad_batch())
     assert consumer.commit_attempts == 1 and consumer.commits == []
+    assert metrics.commit_errors._value.get() == 1, "a failed commit attempt all the same"
     assert metrics.batches._value.get() == 0
 
 
 def test_a_broker_outage_longer_than_the_retry_budget_raises_without_committing():
     consumer = FakeConsumer({TP}, commit_failures=[KafkaConnectionError("down")] * 1000)
     worker, _ = make_worker(consumer, store_retry_max_s=0.0)
-    with pytest.raises(KafkaConnectionError):
+    with pytest.raises(BrokerUnavailable, match="KafkaConnectionError: down") as info:
         worker.process(bad_batch())
+    assert isinstance(info.value.__cause__, KafkaConnectionError)
     assert consumer.commits == []
+
+
+def test_a_commit_refused_for_another_reason_than_an_outage_is_not_retried():
+    consumer = FakeConsumer({TP}, commit_failures=[TopicAuthorizationFailedError()])
+    worker, metrics = make_worker(consumer)
+    with pytest.raises(TopicAuthorizationFailedError):
+        worker.process(bad_batch())
+    assert consumer.commit_attempts == 1 and consumer.commits == []
+    assert not consumer.paused
+
+
+def test_an_unacknowledged_message_is_sent_again_even_when_kafka_calls_it_permanent():
+    consumer = FakeConsumer({TP})
+    producer = FakeProducer(ack_failures=[MessageSizeTooLargeError()])
+    worker, metrics = make_worker(consumer, producer=producer)
+    worker.process(bad_batch())
+    assert [key for _topic, key, _value, _headers in producer.sent] == [b"a", b"b", b"a", b"b"]
+    assert metrics.producer_errors._value.get() == 1
+    assert len(consumer.commits) == 1 and metrics.batches._value.get() == 1
+
+
+def test_a_store_outage_is_waited_out_and_any_other_store_error_goes_straight_up():
+    consumer = FakeConsumer({TP})
+    store = FakeStore(failures=[StoreUnavailable("store down", pending_ids=[])] * 2)
+    worker, metrics = make_worker(consumer, store=store)
+    worker.process(bad_batch())
+    assert store.write_attempts == 3 and metrics.store_errors._value.get() == 2
+    assert len(consumer.commits) == 1
+
+    consumer = FakeConsumer({TP})
+    store = FakeStore(failures=[ConnectionError("not an adapter's outage error")])
+    worker, metrics = make_worker(consumer, store=store)
+    with pytest.raises(ConnectionError):
+        worker.process(bad_batch())
+    assert store.write_attempts == 1 and consumer.commits == []
+
+
+# ---- valid posts: analyzed, stored, published --------------------------------------------------------
+
+_ANALYSIS = ImageAnalysis(**make_result("any", size=(8, 8)).model_dump(include=set(ImageAnalysis.model_fields)))
+
+
+class _FakeAnalyzer:
+    """outages: how many calls raise BackendUnavailable before the analyses come back."""
+
+    versions = MODEL_VERSIONS
+
+    def __init__(self, outages: int = 0):
+        self.outages, self.calls = outages, 0
+
+    def analyze(self, images):
+        self.calls += 1
+        if self.calls <= self.outages:
+            raise BackendUnavailable("backend down")
+        return [_ANALYSIS for _ in images]
+
+    def close(self):
+        pass
+
+
+class _DecodedImages:
+    def load_many(self, refs):
+        return [SimpleNamespace(rgb=np.zeros((8, 8, 3), np.uint8), width=8, height=8) for _ in refs]
+
+
+class _RefusingStore(FakeStore):
+    """Stores every result but those of `refused`, then reports those as the Elasticsearch sink does."""
+
+    def __init__(self, refused: set[str]):
+        super().__init__()
+        self.refused = refused
+
+    def write(self, results):
+        self.docs.extend(r for r in results if r.post_id not in self.refused)
+        refused = [r.post_id for r in results if r.post_id in self.refused]
+        reasons = {post_id: f"mapper_parsing_exception: bad {post_id}" for post_id in refused}
+        if reasons:
+            raise StoreRejected(reasons, index="results")
+
+
+def valid_batch(*post_ids: str) -> list[Rec]:
+    return [Rec("posts", 0, offset, pid.encode(), post_json(pid)) for offset, pid in enumerate(post_ids)]
+
+
+def test_a_backend_outage_is_waited_out_without_dead_lettering():
+    consumer, producer, store, analyzer = FakeConsumer({TP}), FakeProducer(), FakeStore(), _FakeAnalyzer(outages=2)
+    worker, metrics = make_worker(consumer, producer=producer, analyzer=analyzer, images=_DecodedImages(), store=store)
+    report = worker.process(valid_batch("p-1", "p-2"))
+    assert analyzer.calls == 3 and metrics.backend_errors._value.get() == 2
+    assert report.processed == 2 and report.dead_lettered == 0
+    assert [r.post_id for r in store.docs] == ["p-1", "p-2"]
+    assert {t for t, *_ in producer.sent} == {worker.settings.results_topic}
+    assert len(consumer.commits) == 1
+
+
+def test_documents_the_store_refuses_are_dead_lettered_one_by_one_with_their_own_reason():
+    consumer, producer, store = FakeConsumer({TP}), FakeProducer(), _RefusingStore({"p-2", "p-4"})
+    worker, metrics = make_worker(consumer, producer=producer, analyzer=_FakeAnalyzer(), images=_DecodedImages(),
+                                  store=store)
+    report = worker.process(valid_batch("p-1", "p-2", "p-3", "p-4"))
+    assert report.processed == 2 and report.dead_lettered == 2
+    assert [r.post_id for r in store.docs] == ["p-1", "p-3"]
+    results = [key for topic, key, _v, _h in producer.sent if topic == worker.settings.results_topic]
+    assert results == [b"p-1", b"p-3"]
+    dead = {key: dict(headers) for topic, key, _v, headers in producer.sent if topic == worker.settings.dlq_topic}
+    assert set(dead) == {b"p-2", b"p-4"}
+    for post_id in ("p-2", "p-4"):
+        headers = dead[post_id.encode()]
+        assert headers["error.class"] == b"StoreRejected" and headers["stage"] == b"store"
+        expected = f"1 document(s) rejected by results: {post_id}: mapper_parsing_exception: bad {post_id}"
+        assert headers["error.message"] == expected.encode()
+    assert metrics.store_errors._value.get() == 0, "a refusal is not an outage"
+    assert len(consumer.commits) == 1
 
 
 class _HangingConsumer(FakeConsumer):

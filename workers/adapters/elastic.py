@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -28,8 +29,16 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, Elasticsearch, helpers
 from pydantic import BaseModel
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
+from pipelines.errors import ItemsRejected, TransientError
 from schemas.es_templates import alerts_template, results_template
 from schemas.results import AlertV1, AnalysisResultV1
 from workers.common.redact import redact_url
@@ -64,27 +73,30 @@ class StoreError(RuntimeError):
     """Base class of the sink errors."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, TransientError):
     """The store did not accept the batch (retries exhausted, or a non-retryable store-side error).
     Nothing about the batch may be committed; `pending_ids` were not confirmed stored."""
 
-    def __init__(self, message: str, *, pending_ids: list[str], last_error: str | None = None, status: int | None = None):
+    def __init__(
+        self, message: str, *, pending_ids: list[str], last_error: str | None = None, status: int | None = None
+    ):
         super().__init__(message)
         self.pending_ids = pending_ids
         self.last_error = last_error
         self.status = status
 
 
-class StoreRejected(StoreError):
+class StoreRejected(StoreError, ItemsRejected):
     """Some documents were refused as invalid (HTTP 400 per item); every other document of the
     batch IS stored. `ids` lists the refused ones, `reasons` maps id -> error text."""
 
     def __init__(self, reasons: dict[str, str], *, index: str):
-        self.reasons = dict(reasons)
-        self.ids = list(reasons)
         self.index = index
-        sample = "; ".join(f"{k}: {v}" for k, v in list(self.reasons.items())[:3])
-        super().__init__(f"{len(self.ids)} document(s) rejected by {index}: {sample}")
+        sample = "; ".join(f"{k}: {v}" for k, v in list(reasons.items())[:3])
+        super().__init__(reasons, f"{len(reasons)} document(s) rejected by {index}: {sample}")
+
+    def only(self, item_id: str) -> StoreRejected:
+        return StoreRejected({item_id: self.reasons[item_id]}, index=self.index)
 
 
 # ---- client ------------------------------------------------------------------------------------
@@ -121,7 +133,7 @@ def ping(es: Elasticsearch) -> bool:
     """Readiness: True when the store answers its root endpoint."""
     try:
         return bool(es.ping())
-    except Exception:  # ping() already maps most failures to False; be safe for the rest
+    except Exception:  # noqa: BLE001 - ping() already maps most failures to False; be safe for the rest
         return False
 
 
@@ -250,106 +262,27 @@ class BulkSink(Generic[M]):
         StoreUnavailable (unknown which are stored; nothing may be committed).
         """
         t0 = time.monotonic()
-        source = iter(docs)
-        pending: dict[str, dict[str, Any]] = {}  # id -> serialised source, not yet confirmed
-        rejected: dict[str, str] = {}
-        exhausted = False
+        batch = _PendingDocuments(docs, self.index, self._doc_id)
         self.stats.batches += 1
-
-        def consume() -> Iterator[dict[str, Any]]:
-            nonlocal exhausted
-            for doc in source:
-                doc_id = self._doc_id(doc)
-                body = doc.model_dump(mode="json")
-                pending[doc_id] = body  # a duplicate id in one batch: the last one wins
-                yield {"_op_type": "index", "_index": self.index, "_id": doc_id, "_source": body}
-            exhausted = True
-
-        def actions() -> Iterator[dict[str, Any]]:
-            # Retry what is pending first (a snapshot: items are removed as they are confirmed),
-            # then continue with the documents not yet taken from the input.
-            for doc_id, body in list(pending.items()):
-                yield {"_op_type": "index", "_index": self.index, "_id": doc_id, "_source": body}
-            if not exhausted:
-                yield from consume()
-
-        def attempt() -> None:
-            retry: _RetryableFailure | None = None
-            try:
-                for ok, result in helpers.streaming_bulk(
-                    self.es,
-                    actions(),
-                    chunk_size=self.chunk_size,
-                    max_chunk_bytes=self.max_chunk_bytes,
-                    raise_on_error=False,
-                    raise_on_exception=False,
-                    max_retries=0,  # retries are ours: per item, backed off, bounded by retry_max_s
-                    **({"refresh": self.refresh} if self.refresh else {}),
-                ):
-                    (item,) = result.values()
-                    doc_id = str(item.get("_id"))
-                    status = int(item.get("status", 500))
-                    if ok:
-                        pending.pop(doc_id, None)
-                        self.stats.written += 1
-                        continue
-                    error = _error_text(item)
-                    if status in RETRYABLE_STATUS:
-                        retry = _RetryableFailure(f"HTTP {status}: {error}", status)
-                    elif status in REJECTED_STATUS and "exception" not in item:
-                        # a per-item 400 (mapping / parsing): the document's own fault
-                        pending.pop(doc_id, None)
-                        rejected[doc_id] = error
-                    else:
-                        # request-level 4xx or 401/403/404...: not the document's fault
-                        raise StoreUnavailable(
-                            f"store refused the bulk request to {self.index} (HTTP {status}): {error}",
-                            pending_ids=list(pending),
-                            last_error=error,
-                            status=status,
-                        )
-            except (TransportConnectionError, ConnectionTimeout) as exc:
-                raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
-            except ApiError as exc:  # outside the bulk call (should not happen); classify by status
-                if exc.status_code in RETRYABLE_STATUS:
-                    raise _RetryableFailure(f"HTTP {exc.status_code}: {exc}", exc.status_code) from exc
-                raise
-            except TransportError as exc:  # other transport-level trouble (TLS, serialisation of the reply)
-                raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
-            if retry is not None or pending or not exhausted:
-                raise retry or _RetryableFailure("documents left unconfirmed")
-
-        def before_sleep(state) -> None:
-            self.stats.retries += 1
-            exc = state.outcome.exception() if state.outcome else None
-            self.stats.last_error = str(exc)[:500] if exc else None
-            log.warning(
-                "es_write_retry",
-                index=self.index,
-                attempt=state.attempt_number,
-                pending=len(pending),
-                wait_s=round(state.next_action.sleep if state.next_action else 0.0, 3),
-                error=self.stats.last_error,
-            )
-
         retrying = Retrying(
             retry=retry_if_exception_type(_RetryableFailure),
             wait=wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
             stop=stop_after_delay(self.retry_max_s),
-            before_sleep=before_sleep,
+            before_sleep=partial(self._log_retry, batch),
             sleep=self._sleep,
             reraise=False,
         )
         try:
-            retrying(attempt)
+            retrying(self._send, batch)
         except RetryError as exc:
             self.stats.failed_batches += 1
             last = exc.last_attempt.exception()
-            log.error("es_write_gave_up", index=self.index, pending=len(pending), after_s=round(time.monotonic() - t0, 1),
-                      error=str(last)[:500])  # fmt: skip
+            log.error("es_write_gave_up", index=self.index, pending=len(batch.unconfirmed),
+                      after_s=round(time.monotonic() - t0, 1), error=str(last)[:500])  # fmt: skip
             raise StoreUnavailable(
-                f"{self.index}: {len(pending)} document(s) not stored after {time.monotonic() - t0:.1f} s of retries: {last}",
-                pending_ids=list(pending),
+                f"{self.index}: {len(batch.unconfirmed)} document(s) not stored after {time.monotonic() - t0:.1f} s"
+                f" of retries: {last}",
+                pending_ids=list(batch.unconfirmed),
                 last_error=str(last),
                 status=getattr(last, "status", None),
             ) from last
@@ -358,10 +291,115 @@ class BulkSink(Generic[M]):
             raise
         finally:
             self.stats.seconds += time.monotonic() - t0
-        if rejected:
-            self.stats.rejected += len(rejected)
-            log.warning("es_write_rejected", index=self.index, count=len(rejected), ids=list(rejected)[:20])
-            raise StoreRejected(rejected, index=self.index)
+        if batch.rejected:
+            self.stats.rejected += len(batch.rejected)
+            log.warning("es_write_rejected", index=self.index, count=len(batch.rejected), ids=list(batch.rejected)[:20])
+            raise StoreRejected(batch.rejected, index=self.index)
+
+    def _send(self, batch: _PendingDocuments) -> None:
+        """One streaming bulk pass over the unconfirmed documents. Raises _RetryableFailure when some are
+        left to retry, StoreUnavailable when the store refuses the request itself."""
+        retry: _RetryableFailure | None = None
+        try:
+            for ok, result in helpers.streaming_bulk(
+                self.es,
+                batch.actions(),
+                chunk_size=self.chunk_size,
+                max_chunk_bytes=self.max_chunk_bytes,
+                raise_on_error=False,
+                raise_on_exception=False,
+                max_retries=0,  # retries are ours: per item, backed off, bounded by retry_max_s
+                **({"refresh": self.refresh} if self.refresh else {}),
+            ):
+                (item,) = result.values()
+                retry = self._settle(batch, ok, item) or retry
+        except (TransportConnectionError, ConnectionTimeout) as exc:
+            raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
+        except ApiError as exc:  # outside the bulk call (should not happen); classify by status
+            if exc.status_code in RETRYABLE_STATUS:
+                raise _RetryableFailure(f"HTTP {exc.status_code}: {exc}", exc.status_code) from exc
+            raise
+        except TransportError as exc:  # other transport-level trouble (TLS, serialisation of the reply)
+            raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
+        if retry is not None or not batch.done:
+            raise retry or _RetryableFailure("documents left unconfirmed")
+
+    def _settle(self, batch: _PendingDocuments, ok: bool, item: dict[str, Any]) -> _RetryableFailure | None:
+        """Record the store's answer for one document; the failure to retry it for, if any."""
+        doc_id = str(item.get("_id"))
+        status = int(item.get("status", 500))
+        if ok:
+            batch.stored(doc_id)
+            self.stats.written += 1
+            return None
+        error = _error_text(item)
+        if status in RETRYABLE_STATUS:
+            return _RetryableFailure(f"HTTP {status}: {error}", status)
+        if status in REJECTED_STATUS and "exception" not in item:
+            batch.reject(doc_id, error)  # a per-item 400 (mapping / parsing): the document's own fault
+            return None
+        # request-level 4xx or 401/403/404...: not the document's fault
+        raise StoreUnavailable(
+            f"store refused the bulk request to {self.index} (HTTP {status}): {error}",
+            pending_ids=list(batch.unconfirmed),
+            last_error=error,
+            status=status,
+        )
+
+    def _log_retry(self, batch: _PendingDocuments, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        self.stats.last_error = str(exc)[:500] if exc else None
+        log.warning(
+            "es_write_retry",
+            index=self.index,
+            attempt=state.attempt_number,
+            pending=len(batch.unconfirmed),
+            wait_s=round(state.next_action.sleep if state.next_action else 0.0, 3),
+            error=self.stats.last_error,
+        )
+
+
+class _PendingDocuments:
+    """The documents of one write() not yet confirmed stored; the input is read lazily, once."""
+
+    def __init__(self, docs: Iterable[BaseModel], index: str, doc_id: Callable[[Any], str]) -> None:
+        self._input = iter(docs)
+        self._index = index
+        self._doc_id = doc_id
+        self.input_read = False
+        self.unconfirmed: dict[str, dict[str, Any]] = {}  # id -> serialised source
+        self.rejected: dict[str, str] = {}  # id -> why the store refused it
+
+    @property
+    def done(self) -> bool:
+        return self.input_read and not self.unconfirmed
+
+    def actions(self) -> Iterator[dict[str, Any]]:
+        """The unconfirmed documents first (a snapshot: they are removed as they are confirmed), then the
+        documents not yet taken from the input."""
+        for doc_id, body in list(self.unconfirmed.items()):
+            yield self._action(doc_id, body)
+        if not self.input_read:
+            yield from self._read_input()
+
+    def _read_input(self) -> Iterator[dict[str, Any]]:
+        for doc in self._input:
+            doc_id = self._doc_id(doc)
+            body = doc.model_dump(mode="json")
+            self.unconfirmed[doc_id] = body  # a duplicate id in one batch: the last one wins
+            yield self._action(doc_id, body)
+        self.input_read = True
+
+    def _action(self, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"_op_type": "index", "_index": self._index, "_id": doc_id, "_source": body}
+
+    def stored(self, doc_id: str) -> None:
+        self.unconfirmed.pop(doc_id, None)
+
+    def reject(self, doc_id: str, reason: str) -> None:
+        self.unconfirmed.pop(doc_id, None)
+        self.rejected[doc_id] = reason
 
 
 class ResultSink(BulkSink[AnalysisResultV1]):

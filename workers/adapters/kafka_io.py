@@ -1,14 +1,81 @@
-"""Kafka client construction (kafka-python) with TLS / SASL options passed through from settings."""
+"""Kafka client construction (kafka-python) with TLS / SASL options passed through from settings, and the
+boundary where a broker outage becomes `BrokerUnavailable` (a TransientError)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipelines.errors import TransientError
 from workers.common.settings import KafkaSettings
+
+
+class BrokerUnavailable(TransientError):
+    """The Kafka cluster did not take the request (an outage, not the request's fault): retry it later."""
+
+
+@contextmanager
+def broker_outages(*, producing: bool = False) -> Iterator[None]:
+    """Raise BrokerUnavailable for a retriable KafkaError or a socket error; let every other error through.
+
+    When producing, every KafkaError is an outage: a result or dead letter that was not acknowledged can
+    only be sent again later, there is nowhere else to put it.
+    """
+    try:
+        yield
+    except KafkaError as exc:
+        if exc.retriable or producing:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise
+    except OSError as exc:  # ConnectionError and TimeoutError included
+        raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+class OutageAwareConsumer:
+    """A consumer whose offset commits raise BrokerUnavailable for a broker outage. A non-retriable commit
+    error (the group rebalanced) comes through as kafka-python raised it; every other call is passed on."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        with broker_outages():
+            return self._consumer.commit(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+class OutageAwareProducer:
+    """A producer whose sends, flushes and acknowledgements raise BrokerUnavailable for any Kafka failure."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def send(self, *args: Any, **kwargs: Any) -> _Acknowledgement:
+        with broker_outages(producing=True):
+            return _Acknowledgement(self._producer.send(*args, **kwargs))
+
+    def flush(self, *args: Any, **kwargs: Any) -> None:
+        with broker_outages(producing=True):
+            self._producer.flush(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
+class _Acknowledgement:
+    def __init__(self, future: Any) -> None:
+        self._future = future
+
+    def get(self, timeout: float | None = None) -> Any:
+        with broker_outages(producing=True):
+            return self._future.get(timeout=timeout)
 
 
 def security_options(settings: KafkaSettings) -> dict[str, Any]:

@@ -1,18 +1,28 @@
-"""Wiring: build a real AnalyzerWorker from settings (Kafka, Elasticsearch, images, backend, health)."""
+"""Wiring: build a real AnalyzerWorker from settings (Kafka, Elasticsearch, images, backend, health).
+
+The concrete adapters are plugged in here; the Kafka clients are wrapped so a broker outage reaches the
+worker as a TransientError (workers/analyzer/ports.py), like an outage of the store or the model backend.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from workers.analyzer.worker import AnalyzerWorker
-from workers.analyzer.backends import build_analyzer
 from workers.adapters.elastic import ResultSink, install_templates, make_es_client, ping
-from workers.common.health import HealthState, serve_health, tcp_check
-from workers.adapters.images.loader import ImageLoader
-from workers.adapters.kafka_io import ensure_topics, make_consumer, make_producer
-from workers.common.logs import get_logger
+from workers.adapters.images import ImageLoader
+from workers.adapters.kafka_io import (
+    OutageAwareConsumer,
+    OutageAwareProducer,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from workers.analyzer.backends import build_analyzer
 from workers.analyzer.metrics import WorkerMetrics, default_metrics
 from workers.analyzer.settings import AnalyzerSettings
+from workers.analyzer.worker import AnalyzerWorker
+from workers.common.health import HealthState, serve_health, tcp_check
+from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.runtime")
 
@@ -35,14 +45,14 @@ def build_worker(settings: AnalyzerSettings, *, analyzer: Any = None, metrics: W
         health.add_check("model_backend", analyzer.ready)
     return AnalyzerWorker(
         settings,
-        consumer=make_consumer(
+        consumer=OutageAwareConsumer(make_consumer(
             settings,
             group_id=settings.consumer_group,
             client_id="moodwatch-analyzer",
             max_poll_records=settings.batch_max_posts,
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        ),
-        producer=make_producer(settings),
+        )),
+        producer=OutageAwareProducer(make_producer(settings)),
         analyzer=analyzer,
         images=ImageLoader(settings),
         store=ResultSink(es, settings, retry_max_s=min(SINK_RETRY_S, settings.store_retry_max_s)),

@@ -14,10 +14,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
@@ -29,25 +30,17 @@ from kafka.errors import (
     UnknownMemberIdError,
 )
 
-from pipelines.analyzer_api import AnalysisFailed, Analyzer, BackendUnavailable
+from pipelines.analyzer_api import AnalysisFailed, Analyzer
 from schemas.posts import MalformedPost, PostError, PostV1, parse_post
 from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTimings
-from workers.adapters.elastic import StoreRejected, StoreUnavailable
-from workers.common.logs import get_logger
 from workers.analyzer.metrics import WorkerMetrics
+from workers.analyzer.ports import GroupConsumer, ImageSource, ItemsRejected, Producer, ResultStore, TransientError
 from workers.analyzer.settings import AnalyzerSettings
+from workers.common.logs import get_logger
 
 log = get_logger("moodwatch.analyzer")
 
 _REBALANCED = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
-
-
-class ImageSource(Protocol):
-    def load_many(self, refs: Sequence[Any]) -> list[Any]: ...
-
-
-class ResultStore(Protocol):
-    def write(self, results: list[AnalysisResultV1]) -> None: ...
 
 
 @dataclass
@@ -85,7 +78,7 @@ def dlq_headers(rejected: Rejected) -> list[tuple[str, bytes]]:
         ("original.topic", str(record.topic).encode()),
         ("original.partition", str(record.partition).encode()),
         ("original.offset", str(record.offset).encode()),
-        ("failed.at", datetime.now(timezone.utc).isoformat().encode()),
+        ("failed.at", datetime.now(UTC).isoformat().encode()),
     ]
 
 
@@ -132,8 +125,8 @@ class AnalyzerWorker:
         self,
         settings: AnalyzerSettings,
         *,
-        consumer: Any,
-        producer: Any,
+        consumer: GroupConsumer,
+        producer: Producer,
         analyzer: Analyzer,
         images: ImageSource,
         store: ResultStore,
@@ -337,7 +330,7 @@ class AnalyzerWorker:
             "analyze", lambda: self._analyze_isolating([a.image.rgb for a in accepted]), self.metrics.backend_errors
         )
         per_item = (time.monotonic() - started) / len(accepted)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         results = []
         for item, analysis in zip(accepted, analyses):
             if isinstance(analysis, BaseException):
@@ -350,7 +343,8 @@ class AnalyzerWorker:
             )
             results.append(
                 AnalysisResultV1.from_analysis(
-                    item.post, in_source_pixels(analysis, item.image), analyzed_at=now, model_versions=self.analyzer.versions, timings=timings
+                    item.post, in_source_pixels(analysis, item.image), analyzed_at=now,
+                    model_versions=self.analyzer.versions, timings=timings,
                 )
             )
         return results
@@ -360,12 +354,11 @@ class AnalyzerWorker:
         unique = list({r.post_id: r for r in results}.values())
         try:
             self._retry_until_done("store", lambda: self.store.write(unique), self.metrics.store_errors)
-        except StoreRejected as exc:
+        except ItemsRejected as exc:
             refused = set(exc.ids)
             for item in accepted:
                 if item.post.post_id in refused:
-                    rejected.append(Rejected(item.record, StoreRejected({item.post.post_id: exc.reasons[item.post.post_id]},
-                                                                        index=exc.index), "store"))
+                    rejected.append(Rejected(item.record, exc.only(item.post.post_id), "store"))
             results = [r for r in results if r.post_id not in refused]
         return results
 
@@ -373,7 +366,7 @@ class AnalyzerWorker:
         """Analyse the batch; if one input breaks it, analyse one by one so only that input is rejected."""
         try:
             return list(self.analyzer.analyze(images))
-        except BackendUnavailable:
+        except TransientError:
             raise
         except Exception as batch_error:  # noqa: BLE001 - isolate the poison input below
             log.warning("batch analysis failed, isolating inputs", error=str(batch_error))
@@ -381,7 +374,7 @@ class AnalyzerWorker:
             for image in images:
                 try:
                     out.extend(self.analyzer.analyze([image]))
-                except BackendUnavailable:
+                except TransientError:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     out.append(AnalysisFailed(f"{type(exc).__name__}: {exc}"))
@@ -418,6 +411,7 @@ class AnalyzerWorker:
         except _REBALANCED as exc:
             # The group rebalanced while we held the batch: the new owner re-reads it, and the
             # idempotent store write makes that harmless.
+            self.metrics.commit_errors.inc()
             log.warning("commit failed after rebalance; batch will be re-read by the new owner",
                         error=f"{type(exc).__name__}: {exc}")
             return False
@@ -425,7 +419,8 @@ class AnalyzerWorker:
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _retry_until_done(self, stage: str, fn: Callable[[], Any], errors_metric) -> Any:
-        """Retry a transient failure with capped backoff, keeping group membership alive meanwhile.
+        """Retry a TransientError (an outage, whichever adapter reports it) with capped backoff, keeping
+        group membership alive meanwhile; every other error goes straight up.
 
         Nothing is committed while this waits, so a crash or shutdown here simply re-reads the batch.
         """
@@ -436,10 +431,8 @@ class AnalyzerWorker:
             while True:
                 try:
                     return fn()
-                except (BackendUnavailable, StoreUnavailable, KafkaError, ConnectionError, TimeoutError, OSError) as exc:
+                except TransientError as exc:
                     errors_metric.inc()
-                    if not self._is_transient(stage, exc):
-                        raise
                     waited = time.monotonic() - started
                     if waited > self.settings.store_retry_max_s:
                         raise
@@ -450,18 +443,13 @@ class AnalyzerWorker:
                         paused = self.waiting = True
                     self._sleep_keeping_membership(delay)
                     if self.stop_event.is_set():
-                        raise ShutdownDuringRetry(f"shutdown while {stage} was unavailable; batch not committed")
+                        raise ShutdownDuringRetry(
+                            f"shutdown while {stage} was unavailable; batch not committed") from exc
                     delay = min(delay * 2, 5.0)
         finally:
             if paused:
                 self.waiting = False
                 self.consumer.resume(*self.consumer.assignment())
-
-    @staticmethod
-    def _is_transient(stage: str, exc: BaseException) -> bool:
-        if isinstance(exc, KafkaError):
-            return getattr(exc, "retriable", True) or stage == "produce"
-        return True
 
     def _sleep_keeping_membership(self, seconds: float) -> None:
         end = time.monotonic() + seconds
