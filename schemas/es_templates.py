@@ -10,9 +10,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import AwareDatetime, BaseModel, NaiveDatetime
 
 from schemas.results import AlertV1, AnalysisResultV1
+from schemas.reviews import ChannelThresholdsV1, ReviewV1
 
 # Free text that people search in; everything else string-typed is an exact-match keyword.
-TEXT_FIELDS = {"text", "message"}
+TEXT_FIELDS = {"text", "message", "note"}
+# A field may carry its own mapping: Field(json_schema_extra={ES_MAPPING: {"type": "binary"}}) (e.g. not indexed).
+ES_MAPPING = "es_mapping"
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -63,7 +66,11 @@ def field_mapping(name: str, annotation: Any) -> dict[str, Any]:
 
 
 def model_properties(model: type[BaseModel]) -> dict[str, Any]:
-    return {name: field_mapping(name, info.annotation) for name, info in model.model_fields.items()}
+    props = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        props[name] = dict(extra[ES_MAPPING]) if ES_MAPPING in extra else field_mapping(name, info.annotation)
+    return props
 
 
 def index_template(model: type[BaseModel], index_pattern: str, *, shards: int = 1, replicas: int = 0) -> dict[str, Any]:
@@ -85,3 +92,11 @@ def results_template(index_prefix: str = "moodwatch-results", **kw: Any) -> dict
 
 def alerts_template(index_prefix: str = "moodwatch-alerts", **kw: Any) -> dict[str, Any]:
     return index_template(AlertV1, f"{index_prefix}*", **kw)
+
+
+def reviews_template(index_prefix: str = "moodwatch-reviews", **kw: Any) -> dict[str, Any]:
+    return index_template(ReviewV1, f"{index_prefix}*", **kw)
+
+
+def thresholds_template(index_prefix: str = "moodwatch-thresholds", **kw: Any) -> dict[str, Any]:
+    return index_template(ChannelThresholdsV1, f"{index_prefix}*", **kw)

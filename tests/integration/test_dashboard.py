@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import random
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from schemas.emotions import MIKELS_EMOTIONS
 from tests.factories import T0, make_alert, make_result, tiny_png
+from tests.support.dashboard import login, users_setting
 from workers.dashboard.settings import DashboardSettings
 from workers.dashboard.queries import MAX_BUCKETS, pick_interval
 from workers.dashboard.server import serve_dashboard
@@ -78,7 +78,9 @@ def dash(noida, tmp_path_factory):
     tag = uuid.uuid4().hex[:8]
     settings = DashboardSettings(
         es_url=noida.url, es_results_index=f"dash-results-{tag}", es_alerts_index=f"dash-alerts-{tag}",
+        es_reviews_index=f"dash-reviews-{tag}", es_thresholds_index=f"dash-thresholds-{tag}",
         dashboard_port=0, dashboard_image_root=tmp / "images", dashboard_refresh_s=0, store_retry_max_s=10,
+        dashboard_users=users_setting(), dashboard_cookie_secure=False,
     )  # fmt: skip
     outside = tmp / "outside.png"
     outside.write_bytes(tiny_png(8, 8))
@@ -97,13 +99,15 @@ def dash(noida, tmp_path_factory):
     es.close()
 
 
+_viewers: dict[int, httpx.Client] = {}
+
+
 def get(server, path: str) -> tuple[int, str, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(server.url + path, timeout=30) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+    """GET as a logged-in viewer (reads need a login)."""
+    if id(server) not in _viewers:
+        _viewers[id(server)] = login(server, "vera")
+    resp = _viewers[id(server)].get(path)
+    return resp.status_code, resp.headers.get("content-type", ""), resp.content
 
 
 def get_json(server, path: str) -> dict:
@@ -227,8 +231,10 @@ def test_static_page_and_assets(dash):
 def test_empty_indices_answer_empty_views(noida):
     tag = uuid.uuid4().hex[:8]
     settings = DashboardSettings(
-        es_url=noida.url, es_results_index=f"dash-empty-r-{tag}", es_alerts_index=f"dash-empty-a-{tag}", dashboard_port=0
-    )
+        es_url=noida.url, es_results_index=f"dash-empty-r-{tag}", es_alerts_index=f"dash-empty-a-{tag}",
+        es_reviews_index=f"dash-empty-rv-{tag}", es_thresholds_index=f"dash-empty-th-{tag}", dashboard_port=0,
+        dashboard_users=users_setting(), dashboard_cookie_secure=False,
+    )  # fmt: skip
     es = make_es_client(settings)
     install_templates(es, settings)
     server = serve_dashboard(settings, es=es, block=False)

@@ -52,6 +52,13 @@ class ElasticsearchSettings(MoodwatchSettings):
         "moodwatch-results", description="index of AnalysisResultV1 documents (_id = post_id)"
     )
     es_alerts_index: str = Field("moodwatch-alerts", description="index of AlertV1 documents (_id = alert_id)")
+    es_reviews_index: str = Field(
+        "moodwatch-reviews", description="index of ReviewV1 documents: moderators' decisions, append-only"
+    )
+    es_thresholds_index: str = Field(
+        "moodwatch-thresholds",
+        description="index of ChannelThresholdsV1 documents: per-channel alert thresholds, append-only, latest wins",
+    )
     es_request_timeout_s: float = Field(30.0, description="per-request timeout")
     store_retry_max_s: float = Field(
         600.0,

@@ -34,7 +34,7 @@ IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                ".webp": "image/webp", ".bmp": "image/bmp"}  # fmt: skip
 GALLERY_FIELDS = [
     "post_id", "channel", "created_at", "text", "image_ref", "image_width", "image_height", "polarity",
-    "negative_score", "dominant_emotion", "regions", "evidence",
+    "negative_score", "dominant_emotion", "regions", "evidence", "thumbnail.format",
 ]  # fmt: skip
 
 

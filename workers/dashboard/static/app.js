@@ -7,7 +7,7 @@ const EMOTION_COLORS = {
   anger: "#c92a2a", disgust: "#8d6e63", sadness: "#1c7ed6", fear: "#6741d9",
   excitement: "#f08c00", awe: "#0ca678", contentment: "#66a80f", amusement: "#fcc419",
 };
-const state = { config: null, range: null, channel: "", timer: null, colors: {} };
+const state = { config: null, range: null, channel: "", timer: null, colors: {}, user: null, csrf: "" };
 
 function el(tag, attrs = {}, text = null) {
   const ns = ["svg", "path", "line", "rect", "text", "g", "circle", "image", "polygon", "title"].includes(tag);
@@ -19,11 +19,30 @@ function el(tag, attrs = {}, text = null) {
   return node;
 }
 
+class ApiError extends Error {
+  constructor(path, status, message) { super(`${path}: ${message || `HTTP ${status}`}`); this.status = status; this.reason = message; }
+}
+
+async function answer(path, resp) {
+  let body = null;
+  try { body = await resp.json(); } catch (e) { body = null; }
+  if (resp.status === 401 && path !== "/api/login") showLogin();
+  if (!resp.ok) throw new ApiError(path, resp.status, body && body.error);
+  return body;
+}
+
 async function api(path, params = {}) {
   const qs = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v != null));
-  const resp = await fetch(`${path}?${qs}`);
-  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
-  return resp.json();
+  return answer(path, await fetch(`${path}?${qs}`, { credentials: "same-origin" }));
+}
+
+// Every write carries the session's CSRF token; the server refuses a write without it.
+async function post(path, body) {
+  const resp = await fetch(path, {
+    method: "POST", credentials: "same-origin", body: JSON.stringify(body),
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": state.csrf },
+  });
+  return answer(path, resp);
 }
 
 const fmtPct = (v) => (v == null ? "–" : `${(100 * v).toFixed(0)}%`);
@@ -133,6 +152,11 @@ function renderAlerts(alerts) {
       el("td", {}, a.p_value.toExponential(1)),
       el("td", {}, a.previous_dominant_emotion ? `${a.previous_dominant_emotion} → ${a.dominant_emotion}` : a.dominant_emotion),
     );
+    const open = el("button", { type: "button", class: "small review-alert", "data-alert-id": a.alert_id }, "review");
+    open.addEventListener("click", () => openQueue({ alert_id: a.alert_id }));
+    const cell = el("td");
+    cell.append(open);
+    tr.append(cell);
     tr.title = a.message;
     return tr;
   }));
@@ -158,12 +182,14 @@ function renderChannels(data) {
   select.value = data.channels.some((c) => c.channel === current) ? current : "";
 }
 
-function galleryCard(p) {
-  const card = el("div", { class: "gallery-card", "data-post-id": p.post_id });
+// The post's image as SVG: the stored thumbnail (or the served file) stretched over the source
+// pixel space, so the region boxes (source pixels) land where they belong; a placeholder otherwise.
+function postImage(p) {
   const W = Math.max(1, p.image_width), H = Math.max(1, p.image_height);
   const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "xMidYMid meet", class: "post-image" });
-  if (p.image_url) {
-    svg.append(el("image", { href: p.image_url, x: 0, y: 0, width: W, height: H, preserveAspectRatio: "none" }));
+  const href = p.thumbnail_url || p.image_url;
+  if (href) {
+    svg.append(el("image", { href, x: 0, y: 0, width: W, height: H, preserveAspectRatio: "none", class: p.thumbnail_url ? "thumbnail" : "original" }));
   } else {
     svg.append(el("rect", { class: "placeholder", x: 0, y: 0, width: W, height: H, fill: "#dfe3e8" }));
     const why = p.image_ref === "inline" ? "inline image" : "image not served";
@@ -176,18 +202,28 @@ function galleryCard(p) {
     box.append(el("title", {}, `${r.dominant_emotion} · AR ${r.score.toFixed(2)} (objectness ${r.objectness.toFixed(2)}, senti ${r.senti.toFixed(2)})`));
     svg.append(box);
   }
-  const side = el("div");
-  const meta = el("div", { class: "meta" });
-  meta.append(el("b", {}, p.channel), document.createTextNode(` · ${fmtTime(p.created_at)} · negative ${fmtPct(p.negative_score)} · ${p.dominant_emotion}`));
-  side.append(meta);
-  if (p.text) side.append(el("div", { class: "text" }, p.text.length > 200 ? `${p.text.slice(0, 200)}…` : p.text));
+  return svg;
+}
+
+function evidenceList(p) {
   const ol = el("ol", { class: "evidence" });
   for (const ev of p.evidence || []) {
     const li = el("li", {}, ev.text + " ");
     li.append(el("span", { class: "em" }, `(${ev.emotion}, ${ev.similarity.toFixed(2)})`));
     ol.append(li);
   }
-  side.append(ol);
+  return ol;
+}
+
+function galleryCard(p) {
+  const card = el("div", { class: "gallery-card", "data-post-id": p.post_id });
+  const svg = postImage(p);
+  const side = el("div");
+  const meta = el("div", { class: "meta" });
+  meta.append(el("b", {}, p.channel), document.createTextNode(` · ${fmtTime(p.created_at)} · negative ${fmtPct(p.negative_score)} · ${p.dominant_emotion}`));
+  side.append(meta);
+  if (p.text) side.append(el("div", { class: "text" }, p.text.length > 200 ? `${p.text.slice(0, 200)}…` : p.text));
+  side.append(evidenceList(p));
   card.append(svg, side);
   return card;
 }
@@ -213,6 +249,7 @@ async function refresh() {
     renderEmotions(emotions);
     renderAlerts(alerts.alerts);
     renderGallery(gallery);
+    await refreshPrecision();
     status.className = "status";
     status.textContent = `updated ${new Date().toLocaleTimeString()} · ${timeline.interval_s ? `${timeline.interval_s}s buckets` : "no data"}`;
     document.body.dataset.loaded = "true";
@@ -223,7 +260,50 @@ async function refresh() {
   }
 }
 
-async function main() {
+function showLogin() {
+  clearInterval(state.timer);
+  state.user = null;
+  document.getElementById("main").hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("whoami").hidden = true;
+  document.getElementById("logout").hidden = true;
+  for (const node of document.querySelectorAll(".signed-in")) node.hidden = true;
+  document.getElementById("status").textContent = "log in to see the dashboard";
+  document.body.dataset.loaded = "login";
+  document.getElementById("login-user").focus();
+}
+
+async function login(event) {
+  event.preventDefault();
+  const error = document.getElementById("login-error");
+  try {
+    const body = await post("/api/login", {
+      username: document.getElementById("login-user").value, password: document.getElementById("login-password").value,
+    });
+    state.csrf = body.csrf_token;
+    document.getElementById("login-password").value = "";
+    error.hidden = true;
+    await start(body.user);
+  } catch (err) {
+    error.textContent = err.status === 401 ? "wrong user name or password" : (err.reason || err.message);
+    error.hidden = false;
+  }
+}
+
+async function logout() {
+  try { await post("/api/logout", {}); } finally { location.reload(); }
+}
+
+async function start(user) {
+  state.user = user;
+  document.body.dataset.role = user.role;
+  const who = document.getElementById("whoami");
+  who.textContent = `${user.name} · ${user.role}`;
+  who.hidden = false;
+  document.getElementById("logout").hidden = user.auth_method === "proxy";
+  document.getElementById("login").hidden = true;
+  document.getElementById("main").hidden = false;
+  for (const node of document.querySelectorAll(".signed-in")) node.hidden = false;
   state.config = await api("/api/config");
   const params = new URLSearchParams(location.search);
   state.range = params.get("range") || state.config.default_range;
@@ -231,11 +311,25 @@ async function main() {
   const select = document.getElementById("range");
   select.replaceChildren(...state.config.ranges.map((r) => el("option", { value: r }, r)));
   select.value = state.range;
+  initReview();
+  await refresh();
+  const alertId = params.get("alert");
+  if (alertId) await openQueue({ alert_id: alertId });
+  clearInterval(state.timer);
+  if (state.config.refresh_s > 0) state.timer = setInterval(refresh, state.config.refresh_s * 1000);
+}
+
+async function main() {
+  document.getElementById("login-form").addEventListener("submit", login);
+  document.getElementById("logout").addEventListener("click", logout);
+  const select = document.getElementById("range");
   select.addEventListener("change", () => { state.range = select.value; refresh(); });
   const ch = document.getElementById("channel");
   ch.addEventListener("change", () => { state.channel = ch.value; refresh(); });
-  await refresh();
-  if (state.config.refresh_s > 0) state.timer = setInterval(refresh, state.config.refresh_s * 1000);
+  const session = await api("/api/session");
+  state.csrf = session.csrf_token;
+  if (session.user) await start(session.user);
+  else showLogin();
 }
 
 main();
