@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas.emotions import NEGATIVE_EMOTIONS, Emotion
+from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS
 from schemas.posts import Identifier
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -22,6 +22,11 @@ Role = Literal["viewer", "reviewer", "admin"]
 # Reviewer names come from a login or an auth proxy (e-mail addresses, OIDC subjects): printable, short.
 Principal = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Note = Annotated[str, StringConstraints(max_length=2000)]
+# A dominant emotion as the model or a person names it: a Mikels emotion, or an Emotion6 label
+# (Peng et al. 2015: anger, disgust, fear, joy, sadness, surprise, neutral) for models that report those.
+EMOTION_LABELS = frozenset(MIKELS_EMOTIONS) | {"joy", "surprise", "neutral"}
+EmotionLabel = Annotated[str, StringConstraints(pattern=r"^(" + "|".join(sorted(EMOTION_LABELS)) + r")$")]
+_LEANS_POSITIVE = POSITIVE_EMOTIONS | {"joy"}
 
 
 class _Model(BaseModel):
@@ -43,10 +48,10 @@ class ReviewV1(_Model):
     action: ReviewAction
     model_polarity: Verdict
     model_negative_score: Probability
-    model_dominant_emotion: Emotion
+    model_dominant_emotion: EmotionLabel
     model_heads: str | None = None  # heads version that produced the verdict (precision per model version)
     human_polarity: Verdict | None = None
-    human_dominant_emotion: Emotion | None = None
+    human_dominant_emotion: EmotionLabel | None = None
     note: Note | None = None
     alert_ids: list[Identifier] = []  # alerts the post belonged to when it was reviewed
     image_ref: str
@@ -74,8 +79,15 @@ class ReviewV1(_Model):
 
 
 def emotion_fits_polarity(emotion: str, polarity: str) -> bool:
-    """Mikels: anger, disgust, fear, sadness are negative; the rest positive; neutral takes any."""
-    return polarity == "neutral" or (emotion in NEGATIVE_EMOTIONS) == (polarity == "negative")
+    """anger, disgust, fear, sadness are negative; amusement, awe, contentment, excitement, joy positive;
+    surprise and neutral fit any polarity, and a neutral post any emotion."""
+    if polarity == "neutral":
+        return True
+    if emotion in NEGATIVE_EMOTIONS:
+        return polarity == "negative"
+    if emotion in _LEANS_POSITIVE:
+        return polarity == "positive"
+    return True
 
 
 class ChannelThresholdsV1(_Model):
@@ -96,3 +108,39 @@ class ChannelThresholdsV1(_Model):
         pairs = (("min_count", self.spike_min_count), ("alpha_arm", self.spike_alpha_arm),
                  ("min_effect", self.spike_min_effect))  # fmt: skip
         return {name: value for name, value in pairs if value is not None}
+
+
+class HumanLabel(_Model):
+    polarity: Verdict
+    dominant_emotion: EmotionLabel
+
+
+class ModelVerdict(_Model):
+    polarity: Verdict
+    negative_score: Probability
+    dominant_emotion: EmotionLabel
+    heads: str | None = None
+
+
+class ReviewExportV1(_Model):
+    """One line of `moodwatch reviews export`: a post, where its image is, and the person's label.
+
+    `image_ref` is the post's image reference (`file:PATH`, a URL, or `inline`); `thumbnail_b64` (the
+    stored thumbnail, <= 256 px) lets `moodwatch train --reviews` use posts whose original is gone.
+    """
+
+    schema_version: Literal[1] = 1
+    post_id: Identifier
+    channel: Identifier
+    created_at: AwareDatetime
+    text: str | None = None
+    image_ref: str
+    thumbnail_format: str | None = None
+    thumbnail_b64: str | None = None
+    label: HumanLabel
+    model: ModelVerdict
+    review_id: Identifier
+    reviewer: Principal
+    reviewed_at: AwareDatetime
+    action: Literal["confirm", "overturn"]
+    note: Note | None = None

@@ -35,7 +35,10 @@ pytestmark = [pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-HOSTILE_TEXT = '<script>document.body.dataset.pwned = "script"</script><img src=x onerror="document.body.dataset.pwned = 1">'
+HOSTILE_TEXT = (
+    '<script>document.body.dataset.pwned = "script"</script><img src=x onerror="document.body.dataset.pwned = 1">'
+)
+HOSTILE = '#queue .queue-item[data-post-id="hostile-1"] .post-text'
 
 
 def chromium_binary() -> str | None:
@@ -218,7 +221,7 @@ def test_reviewer_overturns_an_alert_post_with_the_keyboard_and_a_viewer_cannot(
     stored = server.store.reviews_of_posts([post["post_id"]])[post["post_id"]]
     assert [(r["reviewer"], r["reviewer_role"], r["action"], r["human_polarity"]) for r in stored] == [
         ("rob", "reviewer", "overturn", "positive")]  # fmt: skip
-    page.wait_for(f"document.querySelector('tr.precision-row[data-channel=\"sport\"] td.model-precision')"
+    page.wait_for("document.querySelector('tr.precision-row[data-channel=\"sport\"] td.model-precision')"
                   ".textContent === '67% (2/3)'")  # fmt: skip
     item = f"#queue .queue-item[data-post-id={json.dumps(post['post_id'])}]"
     assert page.evaluate(f"document.querySelector({json.dumps(item)}).dataset.status") == "overturned"
@@ -248,11 +251,8 @@ def test_markup_in_a_post_is_shown_as_text(dashboard):
     server, browser, alert = dashboard
     page = logged_in(browser, server, "vera")
     open_alert_queue(page, alert)
-    text = page.evaluate("document.querySelector('#queue .queue-item[data-post-id=\"hostile-1\"] .post-text').textContent")
-    assert text == (
-        '<script>document.body.dataset.pwned = "script"</script><img src=x onerror="document.body.dataset.pwned = 1">'
-    )
+    assert page.evaluate(f"document.querySelector('{HOSTILE}').textContent") == HOSTILE_TEXT
     assert page.evaluate("document.querySelectorAll('#queue .post-text script, #queue .post-text img').length") == 0
     assert page.evaluate("document.body.dataset.pwned === undefined") is True
-    html = page.evaluate("document.querySelector('#queue .queue-item[data-post-id=\"hostile-1\"] .post-text').innerHTML")
+    html = page.evaluate(f"document.querySelector('{HOSTILE}').innerHTML")
     assert html.startswith("&lt;script&gt;")

@@ -18,11 +18,11 @@ import pytest
 from schemas.emotions import MIKELS_EMOTIONS
 from tests.factories import T0, make_alert, make_result, tiny_png
 from tests.support.dashboard import login, users_setting
-from workers.dashboard.settings import DashboardSettings
-from workers.dashboard.queries import MAX_BUCKETS, pick_interval
-from workers.dashboard.server import serve_dashboard
 from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
 from workers.aggregator.detection import alert_id
+from workers.dashboard.queries import MAX_BUCKETS, pick_interval
+from workers.dashboard.server import serve_dashboard
+from workers.dashboard.settings import DashboardSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -148,9 +148,9 @@ def test_timeline_is_a_date_histogram_of_negative_share_per_channel(dash):
             assert v["negative_share"] == pytest.approx(negative / count)
             seen += 1
     assert seen == len(expected)
+    lo, hi = (t.isoformat().replace("+00:00", "Z") for t in (SPIKE_AT, SPIKE_AT + timedelta(minutes=10)))
     spike = [b["channels"][SPIKE_CHANNEL]["negative_share"] for b in data["buckets"]
-             if SPIKE_AT.isoformat().replace("+00:00", "Z") <= b["t"] < (SPIKE_AT + timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
-             and SPIKE_CHANNEL in b["channels"]]  # fmt: skip
+             if lo <= b["t"] < hi and SPIKE_CHANNEL in b["channels"]]  # fmt: skip
     assert spike and min(spike) > 0.6
 
 
@@ -215,9 +215,9 @@ def test_static_page_and_assets(dash):
     assert get(server, "/nope")[0] == 404
     cfg = get_json(server, "/api/config")
     assert cfg["refresh_s"] == 0 and "all" in cfg["ranges"]
-    from prometheus_client import generate_latest
-
     import time
+
+    from prometheus_client import generate_latest
 
     wanted = ('moodwatch_dashboard_requests_total{code="200",endpoint="/api/config"}',
               'moodwatch_dashboard_requests_total{code="404",endpoint="other"}')  # fmt: skip

@@ -11,12 +11,14 @@ from typing import Optional
 
 import typer
 
+from workers.analyzer.settings import AnalyzerSettings
+from workers.cli.dashboard import dashboard_app
 from workers.cli.index import app as index_app
 from workers.cli.ops import dlq_app
+from workers.cli.reviews import reviews_app
 from workers.cli.serving import app as triton_app
 from workers.cli.train import eval_app, train
 from workers.common.logs import configure_logging
-from workers.analyzer.settings import AnalyzerSettings
 
 # The encoders are imported lazily by the commands; no hub is ever reached from here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,9 +46,9 @@ def analyze(
     backend: Optional[str] = typer.Option(None, help="local | triton (default: MOODWATCH_BACKEND)"),
 ) -> None:
     """Analyse image files directly (no broker, no store)."""
-    from workers.analyzer.worker import in_source_pixels
-    from workers.analyzer.backends import build_analyzer
     from workers.adapters.images import ImageError, decode_image
+    from workers.analyzer.backends import build_analyzer
+    from workers.analyzer.worker import in_source_pixels
 
     settings = _settings(backend=backend)
     analyzer = build_analyzer(settings)
@@ -108,22 +110,13 @@ def aggregator() -> None:
     run_aggregator(AggregatorSettings())
 
 
-@app.command()
-def dashboard() -> None:
-    """Serve the built-in dashboard (reads Elasticsearch) on MOODWATCH_DASHBOARD_HOST:PORT."""
-    from workers.dashboard.server import serve_dashboard
-    from workers.dashboard.settings import DashboardSettings
-
-    settings = DashboardSettings()
-    configure_logging(settings.log_level, settings.log_json)
-    serve_dashboard(settings)
-
-
 app.command("train")(train)
 app.add_typer(index_app, name="index", help="Build and inspect the emotion-sentence retrieval index.")
 app.add_typer(eval_app, name="eval", help="Evaluate on benchmark data.")
 app.add_typer(triton_app, name="triton", help="Triton model repository export and serving.")
 app.add_typer(dlq_app, name="dlq", help="Inspect and replay the dead-letter topic.")
+app.add_typer(dashboard_app, name="dashboard", help="Serve the built-in dashboard; hash-password for its logins.")
+app.add_typer(reviews_app, name="reviews", help="The moderators' reviews: export them for training.")
 
 
 if __name__ == "__main__":

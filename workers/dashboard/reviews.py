@@ -8,9 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.emotions import Emotion
 from schemas.posts import Identifier
-from schemas.reviews import ChannelThresholdsV1, Note, ReviewAction, ReviewV1, Verdict
+from schemas.reviews import ChannelThresholdsV1, EmotionLabel, Note, ReviewAction, ReviewV1, Verdict
 from workers.dashboard.auth import User
 
 
@@ -20,7 +19,7 @@ class ReviewRequest(BaseModel):
     post_id: Identifier
     action: ReviewAction
     polarity: Verdict | None = None  # overturn: the right polarity (default: the model's)
-    dominant_emotion: Emotion | None = None  # overturn: the right dominant emotion (default: the model's)
+    dominant_emotion: EmotionLabel | None = None  # overturn: the right dominant emotion (default: the model's)
     note: Note | None = None
 
 
