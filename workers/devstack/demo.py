@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from kafka import KafkaConsumer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -127,9 +128,25 @@ def run_demo(settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, 
 
             dashboard_settings = DashboardSettings(**settings.model_dump(exclude_none=True) | {
                 "dashboard_image_root": settings.image_local_root, "dashboard_default_range": "all"})
+            if dashboard_settings.dashboard_users is None:  # demo logins, printed once (plain HTTP on loopback)
+                logins = demo_logins()
+                dashboard_settings = dashboard_settings.model_copy(update={
+                    "dashboard_users": SecretStr(logins.pop("entries")), "dashboard_cookie_secure": False})
+                console.print("dashboard logins: " + ", ".join(f"{n} / {p}" for n, p in logins.items()))
             console.print(f"serving the dashboard on http://{dashboard_settings.dashboard_host}:"
                           f"{dashboard_settings.dashboard_port}/ ; Ctrl-C to stop")
             serve_dashboard(dashboard_settings)
         return 0 if ok else 1
     finally:
         stack.stop()
+
+
+def demo_logins() -> dict[str, str]:
+    """A viewer, a reviewer and an admin with fresh random passwords; "entries" is the users setting."""
+    import secrets
+
+    from workers.dashboard.auth import hash_password
+
+    logins = {role: secrets.token_urlsafe(9) for role in ("viewer", "reviewer", "admin")}
+    entries = "\n".join(f"{role}:{role}:{hash_password(password)}" for role, password in logins.items())
+    return {**logins, "entries": entries}
