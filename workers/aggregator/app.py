@@ -95,7 +95,7 @@ def create_app(
     )  # fmt: skip
     detector = app.moodwatch_aggregator = MoodAggregator(app.moodwatch_state, s.detector_config())
 
-    repartition = Repartition(send_forced(by_channel), metrics)
+    repartition = Repartition(send_forced(by_channel), metrics, s.event_time_bounds())
     step = AggregationStep(detector, publish=publish_acked(alerts), apply=apply_in_partition(detector), metrics=metrics)
     health = HealthEndpoint(s, metrics)
 

@@ -20,6 +20,7 @@ class AggregatorMetrics:
     offset_jumps: Counter
     repaired: Counter
     redeliveries: Counter
+    event_time_clamped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> AggregatorMetrics:
@@ -71,6 +72,12 @@ class AggregatorMetrics:
                 "moodwatch_aggregator_redeliveries",
                 "Records delivered again at or below an offset already seen (harmless: deduplicated)",
                 ["source"],
+                registry=registry,
+            ),
+            event_time_clamped=Counter(
+                "moodwatch_aggregator_event_time_clamped",
+                "Results whose created_at was outside the event-time bounds and was placed at analyzed_at, by reason",
+                ["reason"],
                 registry=registry,
             ),
             state_writes=Counter(
