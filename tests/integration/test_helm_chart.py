@@ -35,7 +35,7 @@ RELEASE, NAMESPACE = "moodwatch", "moderation"
 # oldest version the chart supports (Chart.yaml kubeVersion) and the newest the package knows
 KUBE_VERSIONS = ["1.25.0", kubernetes_validate.latest_version()]
 WORKERS = ("analyzer", "aggregator", "dashboard")
-SECRET_ENV = re.compile(r"(PASSWORD|API_KEY|SECRET|TOKEN)$")
+SECRET_ENV = re.compile(r"(PASSWORD|API_KEY|SECRET|SECRET_KEY|TOKEN|_USERS)$")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -480,6 +480,7 @@ def test_secrets_are_referenced_never_inlined(chart, production_docs):
         "MOODWATCH_ES_API_KEY": {"analyzer", "aggregator", "dashboard"},
         "MOODWATCH_KAFKA_SASL_PASSWORD": {"analyzer", "aggregator"},
         "MOODWATCH_ALERT_WEBHOOK_SECRET": {"aggregator"},  # least privilege: only the signer
+        "MOODWATCH_DASHBOARD_SECRET_KEY": {"dashboard"},
     }
     # KEDA reads the same Secret through a TriggerAuthentication
     (auth,) = by_kind(production_docs, "TriggerAuthentication")
@@ -494,6 +495,8 @@ def test_secrets_are_referenced_never_inlined(chart, production_docs):
         {"settings": {"MOODWATCH_ES_API_KEY": "s3cr3t-sentinel-value"}},
         {"settings": {"MOODWATCH_ALERT_WEBHOOK_SECRET": "s3cr3t-sentinel-value"}},
         {"analyzer": {"env": {"MOODWATCH_ES_PASSWORD": "s3cr3t-sentinel-value"}}},
+        {"settings": {"MOODWATCH_DASHBOARD_SECRET_KEY": "s3cr3t-sentinel-value"}},
+        {"dashboard": {"env": {"MOODWATCH_DASHBOARD_USERS": "ann:admin:s3cr3t-sentinel-value"}}},
     ],
 )
 def test_inlined_secret_values_fail_the_render(chart, values):
@@ -702,3 +705,38 @@ def _deep_merge(base: dict, override: dict) -> None:
             _deep_merge(base[key], value)
         else:
             base[key] = value
+
+
+# ------------------------------------------------------------------------------------ dashboard
+def dashboard_env(docs: list[dict]) -> dict[str, dict]:
+    (spec,) = [spec for name, spec in pod_specs(docs) if name.endswith("dashboard")]
+    return {e["name"]: e for e in spec["containers"][0]["env"]}
+
+
+def test_dashboard_is_exposed_the_safe_way_by_default(default_docs):
+    env = dashboard_env(default_docs)
+    hosts = env["MOODWATCH_DASHBOARD_ALLOWED_HOSTS"]["value"].split(",")
+    assert hosts == ["moodwatch-dashboard", "moodwatch-dashboard.moderation.svc", "localhost", "127.0.0.1"]
+    assert not any(name.startswith("MOODWATCH_DASHBOARD_AUTH_PROXY") for name in env), "auth proxy off by default"
+    assert "MOODWATCH_DASHBOARD_COOKIE_SECURE" not in env, "cookies stay Secure (the setting's default)"
+    assert not by_kind(default_docs, "Ingress")
+
+
+def test_dashboard_behind_an_oidc_ingress(production_docs):
+    env = dashboard_env(production_docs)
+    assert env["MOODWATCH_DASHBOARD_ALLOWED_HOSTS"]["value"].split(",")[0] == "moodwatch.example.com"
+    assert env["MOODWATCH_DASHBOARD_AUTH_PROXY_USER_HEADER"]["value"] == "X-Auth-Request-Email"
+    assert env["MOODWATCH_DASHBOARD_AUTH_PROXY_IPS"]["value"] == "10.64.0.0/14"
+    assert env["MOODWATCH_DASHBOARD_REVIEWER_GROUPS"]["value"] == "trust-and-safety"
+    key = env["MOODWATCH_DASHBOARD_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": "moodwatch-dashboard", "key": "secret-key"}
+    (ingress,) = by_kind(production_docs, "Ingress")
+    assert ingress["spec"]["tls"] and "auth-response-headers" in str(ingress["metadata"]["annotations"])
+
+
+def test_dashboard_auth_proxy_needs_trusted_addresses(chart):
+    err = render_error(chart, {"dashboard": {"authProxy": {"enabled": True}}})
+    assert "trustedCIDRs" in err
+    explicit = render(chart, {"dashboard": {"allowedHosts": ["mood.internal"]}})
+    assert dashboard_env(explicit)["MOODWATCH_DASHBOARD_ALLOWED_HOSTS"]["value"] == "mood.internal"
+

@@ -110,14 +110,14 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Keys the chart sets itself; `settings` may not carry them. */}}
 {{- define "moodwatch.managedKeys" -}}
-MOODWATCH_METRICS_HOST MOODWATCH_METRICS_PORT MOODWATCH_KAFKA_SSL_CAFILE MOODWATCH_ES_CA_CERTS MOODWATCH_DASHBOARD_HOST MOODWATCH_DASHBOARD_PORT
+MOODWATCH_METRICS_HOST MOODWATCH_METRICS_PORT MOODWATCH_KAFKA_SSL_CAFILE MOODWATCH_ES_CA_CERTS MOODWATCH_DASHBOARD_HOST MOODWATCH_DASHBOARD_PORT MOODWATCH_DASHBOARD_ALLOWED_HOSTS MOODWATCH_DASHBOARD_AUTH_PROXY_USER_HEADER MOODWATCH_DASHBOARD_AUTH_PROXY_GROUPS_HEADER MOODWATCH_DASHBOARD_AUTH_PROXY_IPS MOODWATCH_DASHBOARD_REVIEWER_GROUPS MOODWATCH_DASHBOARD_ADMIN_GROUPS
 {{- end }}
 
 {{/* Fails rendering on settings that hold a secret or a chart-managed key. */}}
 {{- define "moodwatch.validateSettings" -}}
 {{- $managed := splitList " " (include "moodwatch.managedKeys" .) }}
 {{- range $k, $v := .Values.settings }}
-{{- if regexMatch "(PASSWORD|API_KEY|SECRET|TOKEN)$" $k }}
+{{- if regexMatch "(PASSWORD|API_KEY|SECRET|SECRET_KEY|TOKEN|_USERS)$" $k }}
 {{- fail (printf "settings.%s looks like a secret: reference an existing Secret under `secrets.%s` instead of inlining it" $k $k) }}
 {{- end }}
 {{- if has $k $managed }}
@@ -126,7 +126,7 @@ MOODWATCH_METRICS_HOST MOODWATCH_METRICS_PORT MOODWATCH_KAFKA_SSL_CAFILE MOODWAT
 {{- end }}
 {{- range $component := list "analyzer" "aggregator" "dashboard" }}
 {{- range $k, $v := (index $.Values $component).env | default dict }}
-{{- if regexMatch "(PASSWORD|API_KEY|SECRET|TOKEN)$" $k }}
+{{- if regexMatch "(PASSWORD|API_KEY|SECRET|SECRET_KEY|TOKEN|_USERS)$" $k }}
 {{- fail (printf "%s.env.%s looks like a secret: reference an existing Secret under `secrets.%s` instead of inlining it" $component $k $k) }}
 {{- end }}
 {{- end }}
@@ -178,6 +178,35 @@ Args: dict "ctx" $ "component" "analyzer". An entry without `components` goes to
       {{- if $ref.optional }}
       optional: true
       {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The dashboard's Host allow-list and auth-proxy env. Args: dict "ctx" $ "values" .Values.dashboard */}}
+{{- define "moodwatch.dashboardEnv" -}}
+{{- $v := .values }}
+{{- $name := include "moodwatch.componentName" (dict "ctx" .ctx "component" "dashboard") }}
+{{- $hosts := $v.allowedHosts | default list }}
+{{- if not $hosts }}
+{{- if $v.ingress.enabled }}{{ $hosts = concat $hosts $v.ingress.hosts }}{{ end }}
+{{- $hosts = concat $hosts (list $name (printf "%s.%s.svc" $name .ctx.Release.Namespace) "localhost" "127.0.0.1") }}
+{{- end }}
+- name: MOODWATCH_DASHBOARD_ALLOWED_HOSTS
+  value: {{ join "," $hosts | quote }}
+{{- with $v.authProxy }}
+{{- if .enabled }}
+- name: MOODWATCH_DASHBOARD_AUTH_PROXY_USER_HEADER
+  value: {{ .userHeader | quote }}
+{{- with .groupsHeader }}
+- name: MOODWATCH_DASHBOARD_AUTH_PROXY_GROUPS_HEADER
+  value: {{ . | quote }}
+{{- end }}
+- name: MOODWATCH_DASHBOARD_AUTH_PROXY_IPS
+  value: {{ join "," .trustedCIDRs | quote }}
+- name: MOODWATCH_DASHBOARD_REVIEWER_GROUPS
+  value: {{ join "," (.reviewerGroups | default list) | quote }}
+- name: MOODWATCH_DASHBOARD_ADMIN_GROUPS
+  value: {{ join "," (.adminGroups | default list) | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -298,6 +327,7 @@ spec:
               value: "0.0.0.0"
             - name: MOODWATCH_DASHBOARD_PORT
               value: {{ $v.port | toString | quote }}
+            {{- include "moodwatch.dashboardEnv" . | nindent 12 }}
             {{- end }}
             {{- range $k := keys ($v.env | default dict) | sortAlpha }}
             - name: {{ $k }}
