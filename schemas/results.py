@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from schemas.emotions import MIKELS_EMOTIONS, Emotion, Polarity
 from schemas.posts import Identifier, PostV1
@@ -109,6 +109,19 @@ class StageTimings(_Model):
     total_seconds: float = 0.0
 
 
+class Thumbnail(_Model):
+    """A small copy of the analysed image (long side <= 256 px, a few KB) that the dashboard shows without
+    fetching the original again; region boxes are drawn over it by the page, so it stays clean.
+    `data` (base64) is mapped as a non-indexed `binary` field: kept in _source, never searched."""
+
+    format: Literal["webp", "jpeg"]
+    width: Annotated[int, Field(ge=1, le=256)]
+    height: Annotated[int, Field(ge=1, le=256)]
+    data: Annotated[str, StringConstraints(min_length=1, max_length=200_000)] = Field(
+        json_schema_extra={"es_mapping": {"type": "binary"}}
+    )
+
+
 class AnalysisResultV1(_Model):
     schema_version: Literal[1] = 1
     post_id: Identifier
@@ -132,6 +145,7 @@ class AnalysisResultV1(_Model):
     evidence: list[Evidence]
     model_versions: ModelVersions
     timings: StageTimings
+    thumbnail: Thumbnail | None = None
 
     @classmethod
     def from_analysis(
@@ -143,6 +157,7 @@ class AnalysisResultV1(_Model):
         model_versions: ModelVersions,
         timings: StageTimings,
         created_at: datetime | None = None,
+        thumbnail: Thumbnail | None = None,
     ) -> "AnalysisResultV1":
         """``created_at``: the bounded event time when the post's own claim was not trusted."""
         clamped = created_at is not None and created_at != post.created_at
@@ -168,6 +183,7 @@ class AnalysisResultV1(_Model):
             evidence=analysis.evidence,
             model_versions=model_versions,
             timings=timings,
+            thumbnail=thumbnail,
         )
 
 

@@ -20,7 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from skimage import data as samples
 
+from pipelines.thumbnails import make_thumbnail
 from schemas.reviews import ReviewV1
 from tests.factories import T0, make_alert, make_result, tiny_png
 from tests.support.browser import Chromium
@@ -54,8 +56,13 @@ if CHROMIUM is None:
 pytest.importorskip("noida_db", reason="noida-db not installed: pip install -e '.[local,test]'")
 
 
+PHOTOS = [getattr(samples, name)() for name in ("chelsea", "coffee", "rocket", "astronaut", "hubble_deep_field")]
+THUMBNAILS = [(make_thumbnail(p), (p.shape[1], p.shape[0])) for p in PHOTOS]
+
+
 def demo_results(image_root: Path):
-    """Two hours of posts in four channels with a negative spike in one, some images on disk."""
+    """Two hours of posts in four channels with a negative spike in one, some images on disk; the inline
+    images of the spike carry stored thumbnails (real photos)."""
     rng = random.Random(11)
     image_root.mkdir(parents=True, exist_ok=True)
     channels = ["news", "sport", "music", "art"]
@@ -75,6 +82,9 @@ def demo_results(image_root: Path):
                 path = image_root / f"{pid}.png"
                 path.write_bytes(tiny_png(w, h, (rng.randint(60, 200), 60, 90)))
                 extra = {"image_ref": f"file:{path}", "size": (w, h)}
+            elif spiking or i % 4:
+                thumbnail, size = THUMBNAILS[i % len(THUMBNAILS)]
+                extra = {"thumbnail": thumbnail, "size": size}
             out.append(make_result(pid, channel=ch, negative=score, created_at=t, regions=rng.randint(1, 4), **extra))
     hostile = make_result("hostile-1", channel="sport", negative=0.55, created_at=spike_at + timedelta(seconds=30),
                           text=HOSTILE_TEXT)  # fmt: skip
@@ -172,6 +182,16 @@ def test_dashboard_renders_charts_and_gallery(dashboard):
     assert len(re.findall(r'class="placeholder"', dom)) >= 1, "inline images without a thumbnail get a placeholder"
     assert len(re.findall(r'class="channel-row"', dom)) == 4
     assert page.evaluate("document.getElementById('whoami').textContent") == "vera · viewer"
+    thumbs = re.findall(r'<image href="(/thumb/[^"]+)"', dom)
+    assert thumbs, "stored thumbnails are shown for inline images"
+    fetched = f"fetch({json.dumps(thumbs[0])}).then(r => [r.status, r.headers.get('content-type')])"
+    status, ctype = page.evaluate(fetched)
+    assert (status, ctype) == (200, "image/webp")
+    decoded = (
+        "new Promise((ok, bad) => { const im = new Image(); im.onload = () => ok([im.naturalWidth, im.naturalHeight]);"
+        f" im.onerror = () => bad(new Error('undecodable')); im.src = {json.dumps(thumbs[0])}; }})"
+    )
+    assert max(page.evaluate(decoded)) == 256, "the browser decodes the stored thumbnail"
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = page.screenshot(ARTIFACTS / "dashboard.png", full_page=True)

@@ -7,6 +7,7 @@ the aggregator's reader of them), and `moodwatch reviews export`.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from datetime import timedelta
@@ -14,8 +15,10 @@ from datetime import timedelta
 import httpx
 import pytest
 from elasticsearch import ConflictError
+from skimage import data as samples
 from typer.testing import CliRunner
 
+from pipelines.thumbnails import make_thumbnail
 from schemas.reviews import ReviewV1
 from tests.factories import T0, make_alert, make_result
 from tests.support.dashboard import USERS, client, login, users_setting
@@ -28,6 +31,7 @@ from workers.dashboard.settings import DashboardSettings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SECRET = "x" * 40
+THUMB = make_thumbnail(samples.chelsea())
 ALERT_AT = T0 + timedelta(minutes=30)
 
 
@@ -50,6 +54,7 @@ def seeded(noida):
     install_templates(es, settings)
     results = [make_result(f"sport-{i:02d}", channel="sport", negative=0.8 if 30 <= i < 35 else 0.2,
                            created_at=T0 + timedelta(minutes=i)) for i in range(40)]  # fmt: skip
+    results[31] = results[31].model_copy(update={"thumbnail": THUMB, "image_width": 451, "image_height": 300})
     results += [make_result(f"news-{i:02d}", channel="news", negative=0.7, created_at=T0 + timedelta(minutes=i))
                 for i in range(10)]  # fmt: skip
     ResultSink(es, settings, refresh="wait_for").write(results)
@@ -314,3 +319,16 @@ def test_reviews_export_is_one_labelled_line_per_post(dash, seeded, tmp_path, mo
     assert by_post["sport-31"]["note"] == "a team celebrating" and by_post["sport-31"]["image_ref"] == "inline"
     assert by_post["sport-30"]["label"] == {"polarity": "negative", "dominant_emotion": "sadness"}
     assert by_post["sport-30"]["text"] == "a test post" and by_post["sport-30"]["channel"] == "sport"
+
+
+def test_the_stored_thumbnail_is_served_to_logged_in_people(dash):
+    server, alert = dash
+    assert client(server).get("/thumb/sport-31").status_code == 401
+    vera = login(server, "vera")
+    resp = vera.get("/thumb/sport-31")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/webp"
+    assert resp.content == base64.b64decode(THUMB.data)
+    assert vera.get("/thumb/sport-30").status_code == 404  # no thumbnail stored
+    posts = {p["post_id"]: p for p in vera.get("/api/queue", params={"alert_id": alert.alert_id}).json()["posts"]}
+    assert posts["sport-31"]["thumbnail_url"] == "/thumb/sport-31" and posts["sport-30"]["thumbnail_url"] is None
+    assert "thumbnail" not in posts["sport-31"], "the list carries the URL, never the pixels"

@@ -31,6 +31,7 @@ from kafka.errors import (
 )
 
 from pipelines.analyzer_api import AnalysisFailed, Analyzer
+from pipelines.thumbnails import thumbnail_or_none
 from schemas.posts import MalformedPost, PostError, PostV1, parse_post
 from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTimings
 from workers.analyzer.metrics import WorkerMetrics
@@ -345,6 +346,7 @@ class AnalyzerWorker:
                 AnalysisResultV1.from_analysis(
                     item.post, in_source_pixels(analysis, item.image), analyzed_at=now,
                     model_versions=self.analyzer.versions, timings=timings,
+                    thumbnail=thumbnail_or_none(item.image.rgb),  # for the dashboard; stored, not published
                 )
             )
         return results
@@ -387,7 +389,7 @@ class AnalyzerWorker:
                 self.producer.send(
                     self.settings.results_topic,
                     key=result.post_id.encode(),
-                    value=result.model_dump_json().encode(),
+                    value=result.model_dump_json(exclude={"thumbnail"}).encode(),
                 )
             )
         for item in rejected:
