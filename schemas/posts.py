@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -61,6 +62,16 @@ class PostV1(StrictModel):
     text: Annotated[str, StringConstraints(max_length=10_000)] | None = None
     lang: Annotated[str, StringConstraints(min_length=2, max_length=16)] | None = None
 
+    def content_fingerprint(self) -> str:
+        """What a post_id stands for: its author, channel and image (the reference, or the inline bytes'
+        hash). Re-processing the same post gives the same fingerprint; a reused post_id does not."""
+        image = self.image
+        if image.b64 is not None:
+            ref = "b64:" + hashlib.sha256(image.b64.encode()).hexdigest()
+        else:
+            ref = f"url:{image.url}" if image.url is not None else f"path:{image.path}"
+        return hashlib.sha256("\0".join((self.author_id, self.channel, ref)).encode()).hexdigest()[:32]
+
 
 class PostError(ValueError):
     """A post that cannot be accepted; `stage` says where it failed (for DLQ headers)."""
@@ -78,6 +89,11 @@ class UnknownSchemaVersion(PostError):
 
 class InvalidPost(PostError):
     pass
+
+
+class KeyMismatch(PostError):
+    """The Kafka key is not the post's post_id: keys route a post_id to one partition, so a post under
+    another key could race a post of the same id on another partition."""
 
 
 def parse_post(raw: bytes | str | None) -> PostV1:

@@ -35,7 +35,7 @@ class EmotionDistribution(_Model):
     amusement: Probability
 
     @classmethod
-    def from_sequence(cls, values) -> "EmotionDistribution":
+    def from_sequence(cls, values) -> EmotionDistribution:
         values = [float(v) for v in values]
         if len(values) != len(MIKELS_EMOTIONS):
             raise ValueError(f"need {len(MIKELS_EMOTIONS)} values, got {len(values)}")
@@ -63,7 +63,7 @@ class Region(_Model):
     polarity: Polarity
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Region":
+    def _ordered(self) -> Region:
         if not (self.x1 > self.x0 and self.y1 > self.y0):
             raise ValueError("region box must have x1 > x0 and y1 > y0")
         return self
@@ -131,6 +131,7 @@ class AnalysisResultV1(_Model):
     analyzed_at: AwareDatetime
     event_time_clamped: bool = False  # the claimed created_at was not trusted (too far ahead, or before the floor)
     claimed_created_at: str | None = None  # the producer's created_at, verbatim (ISO), when it was not trusted
+    content_fingerprint: str | None = None  # PostV1.content_fingerprint(): what this post_id stands for
     lang: str | None = None
     text: str | None = None
     image_ref: str
@@ -158,7 +159,7 @@ class AnalysisResultV1(_Model):
         timings: StageTimings,
         created_at: datetime | None = None,
         thumbnail: Thumbnail | None = None,
-    ) -> "AnalysisResultV1":
+    ) -> AnalysisResultV1:
         """``created_at``: the bounded event time when the post's own claim was not trusted."""
         clamped = created_at is not None and created_at != post.created_at
         return cls(
@@ -169,6 +170,7 @@ class AnalysisResultV1(_Model):
             analyzed_at=analyzed_at,
             event_time_clamped=clamped,
             claimed_created_at=post.created_at.isoformat() if clamped else None,
+            content_fingerprint=post.content_fingerprint(),
             lang=post.lang,
             text=post.text,
             image_ref=post.image.describe() if post.image.b64 is None else "inline",

@@ -121,7 +121,8 @@ def test_poison_posts_are_dead_lettered_with_headers_and_the_stream_flows(worker
     by_key = {r.key.decode(): {k: v.decode() for k, v in r.headers} for r in dlq}
     expected = {"poison-json": ("MalformedPost", "validate"), "poison-missing": ("InvalidPost", "validate"),
                 "poison-version": ("UnknownSchemaVersion", "validate"), "poison-bytes": ("UnsupportedFormat", "decode"),
-                "poison-bomb": ("TooManyPixels", "decode"), "poison-url": ("BlockedURL", "fetch")}
+                "poison-bomb": ("TooManyPixels", "decode"), "poison-url": ("BlockedURL", "fetch"),
+                "poison-key": ("KeyMismatch", "validate")}
     for key, (error, stage) in expected.items():
         headers = by_key[key]
         assert headers["error.class"] == error and headers["stage"] == stage, headers
@@ -154,3 +155,33 @@ def test_worker_killed_between_store_and_commit_loses_and_duplicates_nothing(wor
     assert finished.returncode == 0, finished.stderr[-2000:]
     ids = stored_ids(worker_settings)
     assert len(ids) == 1000 and len(set(ids)) == 1000
+
+
+def test_a_reused_post_id_is_dead_lettered_as_a_conflict_and_never_overwrites(worker_settings):
+    """Author B's post under author A's post_id (later, or in the same batch) is refused as IdConflict:
+    A's document stays; the same post processed again stays idempotent (stored once, not dead-lettered)."""
+    import json
+
+    image = {"b64": tiny_png_b64(32, 32)}
+    original, intruder = _post("shared-1", 1, image), _post("shared-1", 2, image)  # authors a1 / a2
+    first, second = _post("shared-2", 3, image), _post("shared-2", 4, {"b64": tiny_png_b64(16, 16)})
+    produce(worker_settings, [("shared-1", original)])
+    _, thread = run_in_thread(worker_settings)
+    thread.join(timeout=120)
+    produce(worker_settings, [("shared-1", original), ("shared-1", intruder), ("shared-2", first), ("shared-2", second)])
+    _, thread = run_in_thread(worker_settings)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+
+    es = make_es_client(worker_settings)
+    docs = {pid: es.get(index=worker_settings.es_results_index, id=pid)["_source"] for pid in ("shared-1", "shared-2")}
+    assert (docs["shared-1"]["author_id"], docs["shared-2"]["author_id"]) == ("a1", "a3")
+    dlq = read_topic(worker_settings, worker_settings.dlq_topic, 2)
+    assert sorted(r.value for r in dlq) == sorted([intruder, second])
+    for r in dlq:
+        headers = {k: v.decode() for k, v in r.headers}
+        assert (headers["error.class"], headers["stage"]) == ("IdConflict", "store"), headers
+        assert "already stands for a different document" in headers["error.message"]
+    published = read_topic(worker_settings, worker_settings.results_topic, 3)
+    authors = sorted((r.key.decode(), json.loads(r.value)["author_id"]) for r in published)
+    assert authors == [("shared-1", "a1"), ("shared-1", "a1"), ("shared-2", "a3")]

@@ -39,7 +39,7 @@ from workers.devstack.sample_posts import png_bomb
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# kind -> (error.class, stage) the DLQ headers must carry (as in workers/sample_posts.poison_posts)
+# kind -> (error.class, stage) the DLQ headers must carry (as in workers/devstack/sample_posts.poison_posts)
 POISON_KINDS: dict[str, tuple[str, str]] = {
     "json": ("MalformedPost", "validate"),
     "missing": ("InvalidPost", "validate"),

@@ -19,7 +19,7 @@ from elasticsearch.serializer import JsonSerializer
 
 from schemas.results import AnalysisResultV1
 from tests.factories import make_results
-from workers.adapters.elastic import BulkSink, StoreRejected, StoreUnavailable
+from workers.adapters.elastic import BulkSink, IdConflict, StoreRejected, StoreUnavailable
 
 INDEX = "results-test"
 FAST_RETRY = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
@@ -46,6 +46,7 @@ class FakeElasticsearch:
         self.requests: list[list[str]] = []  # the document ids of each bulk request
         self.params: list[dict] = []
         self.attempts: Counter[str] = Counter()
+        self.mgets: list[list[str]] = []
 
     def options(self, **_kw) -> FakeElasticsearch:
         return self
@@ -53,21 +54,34 @@ class FakeElasticsearch:
     def bulk(self, *, operations: list[bytes], **params) -> ObjectApiResponse:
         lines = [json.loads(line) for line in operations]
         pairs = list(zip(lines[::2], lines[1::2]))
-        self.requests.append([action["index"]["_id"] for action, _source in pairs])
+        self.requests.append([next(iter(action.values()))["_id"] for action, _source in pairs])
         self.params.append(params)
         error = self.request_error(len(self.requests))
         if error is not None:
             raise error
-        items = [{"index": self._index(action["index"], source)} for action, source in pairs]
-        body = {"took": 1, "errors": any(item["index"]["status"] >= 300 for item in items), "items": items}
+        items = [{op: self._index(op, meta, source)} for (op, meta), source in ((*a.items(), s) for a, s in pairs)]
+        body = {"took": 1, "errors": any(next(iter(i.values()))["status"] >= 300 for i in items), "items": items}
         return ObjectApiResponse(body=body, meta=_meta(200))
 
-    def _index(self, action: dict, source: dict) -> dict:
+    def mget(self, *, index: str, ids: list[str], source_includes: list[str]) -> dict:
+        self.mgets.append(list(ids))
+        docs = []
+        for doc_id in ids:
+            stored = self.stored.get(doc_id)
+            source = {k: v for k, v in (stored or {}).items() if k in source_includes}
+            docs.append({"_index": index, "_id": doc_id, "found": stored is not None, "_source": source})
+        return {"docs": docs}
+
+    def _index(self, op: str, action: dict, source: dict) -> dict:
         doc_id = action["_id"]
         self.attempts[doc_id] += 1
         status = self.status(doc_id, self.attempts[doc_id])
+        if op == "create" and doc_id in self.stored and status < 300:
+            status = 409
         item = {"_index": action["_index"], "_id": doc_id, "status": status}
-        if status < 300:
+        if status == 409:
+            item["error"] = {"type": "version_conflict_engine_exception", "reason": f"[{doc_id}]: document exists"}
+        elif status < 300:
             self.stored[doc_id] = source
         elif status == 400:
             item["error"] = {"type": "mapper_parsing_exception", "reason": f"failed to parse [channel] of {doc_id}",
@@ -163,3 +177,29 @@ def test_a_request_the_store_refuses_outright_raises_store_unavailable_at_once()
         bulk.write(make_results(2))
     assert info.value.status == 403 and len(es.requests) == 1 and sleeps == []
     assert bulk.stats.failed_batches == 1
+
+
+def test_create_stores_a_new_id_once_and_takes_the_same_document_again_as_stored():
+    es = FakeElasticsearch()
+    writer, _ = sink(es, op_type="create", identity_fields=("author_id", "channel"))
+    docs = make_results(3)
+    writer.write(docs)
+    assert es.mgets == []  # the common path is one bulk request, no look-up
+    writer.write(docs)  # re-processed: 409 on every id, the same documents stored -> no error
+    assert es.mgets == [[d.post_id for d in docs]]
+    assert {k: v["author_id"] for k, v in es.stored.items()} == {d.post_id: d.author_id for d in docs}
+
+
+def test_create_refuses_a_reused_id_as_a_conflict_and_keeps_the_stored_document():
+    es = FakeElasticsearch()
+    writer, _ = sink(es, op_type="create", identity_fields=("author_id", "channel"))
+    original, other = make_results(2)
+    writer.write([original])
+    intruder = original.model_copy(update={"author_id": "mallory"})
+    with pytest.raises(StoreRejected) as info:
+        writer.write([intruder, other])
+    assert info.value.ids == [original.post_id] and info.value.conflicts == {original.post_id}
+    narrowed = info.value.only(original.post_id)
+    assert type(narrowed) is IdConflict and "author_id" in str(narrowed)
+    assert es.stored[original.post_id]["author_id"] == original.author_id  # never overwritten
+    assert other.post_id in es.stored

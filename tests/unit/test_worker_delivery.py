@@ -6,6 +6,7 @@ The stall watchdog: a consumer poll that never returns ends the process for a re
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import numpy as np
@@ -264,3 +265,39 @@ def test_empty_polls_while_the_partitions_have_lag_trigger_the_stall_exit():
     worker.run(idle_exit_s=10)
     assert len(stalls) == 1 and 0.5 < stalls[0] < 5
     assert metrics.consumer_lag.labels("0")._value.get() == 10
+
+
+def test_a_post_under_another_kafka_key_is_dead_lettered_at_validate():
+    consumer, producer, store = FakeConsumer({TP}), FakeProducer(), FakeStore()
+    worker, _ = make_worker(consumer, producer=producer, analyzer=_FakeAnalyzer(), images=_DecodedImages(), store=store)
+    records = [Rec("posts", 0, 0, b"p-1", post_json("p-1")), Rec("posts", 0, 1, b"p-1", post_json("p-2")),
+               Rec("posts", 0, 2, None, post_json("p-3"))]  # fmt: skip
+    report = worker.process(records)
+    assert report.processed == 1 and [r.post_id for r in store.docs] == ["p-1"]
+    dead = [dict(h) for topic, _k, _v, h in producer.sent if topic == worker.settings.dlq_topic]
+    assert [(d["error.class"], d["stage"]) for d in dead] == [(b"KeyMismatch", b"validate")] * 2
+    assert b"'p-2'" in dead[0]["error.message"] and b"(none)" in dead[1]["error.message"]
+
+
+def test_a_post_id_repeated_in_a_batch_is_written_in_a_second_round():
+    consumer, store = FakeConsumer({TP}), FakeStore()
+    worker, _ = make_worker(consumer, analyzer=_FakeAnalyzer(), images=_DecodedImages(), store=store)
+    records = [Rec("posts", 0, 0, b"p-1", post_json("p-1")), Rec("posts", 0, 1, b"p-2", post_json("p-2")),
+               Rec("posts", 0, 2, b"p-1", post_json("p-1", author_id="mallory"))]  # fmt: skip
+    worker.process(records)
+    assert store.write_attempts == 2  # the store compares the second p-1 with the first, as for any reused id
+    assert [(r.post_id, r.author_id) for r in store.docs] == [("p-1", "author-1"), ("p-2", "author-1"),
+                                                              ("p-1", "mallory")]  # fmt: skip
+
+
+def test_a_created_at_from_the_future_is_placed_at_the_time_seen_and_flagged():
+    consumer, store = FakeConsumer({TP}), FakeStore()
+    worker, metrics = make_worker(consumer, analyzer=_FakeAnalyzer(), images=_DecodedImages(), store=store)
+    claimed = datetime(2100, 1, 1, tzinfo=UTC)
+    worker.process([Rec("posts", 0, 0, b"p-1", post_json("p-1", created_at=claimed)),
+                    Rec("posts", 0, 1, b"p-2", post_json("p-2"))])  # fmt: skip
+    future, sane = store.docs
+    assert future.event_time_clamped and future.claimed_created_at == claimed.isoformat()
+    assert future.created_at == future.analyzed_at
+    assert not sane.event_time_clamped and sane.claimed_created_at is None
+    assert metrics.event_time_clamped.labels("future")._value.get() == 1

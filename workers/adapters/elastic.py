@@ -90,13 +90,20 @@ class StoreRejected(StoreError, ItemsRejected):
     """Some documents were refused as invalid (HTTP 400 per item); every other document of the
     batch IS stored. `ids` lists the refused ones, `reasons` maps id -> error text."""
 
-    def __init__(self, reasons: dict[str, str], *, index: str):
+    def __init__(self, reasons: dict[str, str], *, index: str, conflicts: Iterable[str] = ()):
         self.index = index
+        self.conflicts = set(conflicts) & set(reasons)
         sample = "; ".join(f"{k}: {v}" for k, v in list(reasons.items())[:3])
         super().__init__(reasons, f"{len(reasons)} document(s) rejected by {index}: {sample}")
 
     def only(self, item_id: str) -> StoreRejected:
-        return StoreRejected({item_id: self.reasons[item_id]}, index=self.index)
+        kind = IdConflict if item_id in self.conflicts else StoreRejected
+        return kind({item_id: self.reasons[item_id]}, index=self.index, conflicts=self.conflicts)
+
+
+class IdConflict(StoreRejected):
+    """The document's id already stands for a different document (a reused post_id): the stored one
+    is kept, this one is refused."""
 
 
 # ---- client ------------------------------------------------------------------------------------
@@ -229,6 +236,8 @@ class BulkSink(Generic[M]):
         index: str,
         id_field: str,
         *,
+        op_type: str = "index",
+        identity_fields: tuple[str, ...] = (),
         retry_max_s: float = 600.0,
         refresh: bool | str = False,
         chunk_size: int = 500,
@@ -240,6 +249,8 @@ class BulkSink(Generic[M]):
         self.es = es
         self.index = index
         self.id_field = id_field
+        self.op_type = op_type
+        self.identity_fields = identity_fields
         self.retry_max_s = retry_max_s
         self.refresh = refresh
         self.chunk_size = chunk_size
@@ -262,7 +273,7 @@ class BulkSink(Generic[M]):
         StoreUnavailable (unknown which are stored; nothing may be committed).
         """
         t0 = time.monotonic()
-        batch = _PendingDocuments(docs, self.index, self._doc_id)
+        batch = _PendingDocuments(docs, self.index, self._doc_id, self.op_type)
         self.stats.batches += 1
         retrying = Retrying(
             retry=retry_if_exception_type(_RetryableFailure),
@@ -294,7 +305,7 @@ class BulkSink(Generic[M]):
         if batch.rejected:
             self.stats.rejected += len(batch.rejected)
             log.warning("es_write_rejected", index=self.index, count=len(batch.rejected), ids=list(batch.rejected)[:20])
-            raise StoreRejected(batch.rejected, index=self.index)
+            raise StoreRejected(batch.rejected, index=self.index, conflicts=batch.conflicts)
 
     def _send(self, batch: _PendingDocuments) -> None:
         """One streaming bulk pass over the unconfirmed documents. Raises _RetryableFailure when some are
@@ -313,6 +324,7 @@ class BulkSink(Generic[M]):
             ):
                 (item,) = result.values()
                 retry = self._settle(batch, ok, item) or retry
+            self._resolve_conflicts(batch)
         except (TransportConnectionError, ConnectionTimeout) as exc:
             raise _RetryableFailure(f"{type(exc).__name__}: {exc}") from exc
         except ApiError as exc:  # outside the bulk call (should not happen); classify by status
@@ -332,6 +344,9 @@ class BulkSink(Generic[M]):
             batch.stored(doc_id)
             self.stats.written += 1
             return None
+        if status == 409 and self.op_type == "create":
+            batch.conflicting.append(doc_id)  # compared with the stored document after this pass
+            return None
         error = _error_text(item)
         if status in RETRYABLE_STATUS:
             return _RetryableFailure(f"HTTP {status}: {error}", status)
@@ -345,6 +360,28 @@ class BulkSink(Generic[M]):
             last_error=error,
             status=status,
         )
+
+    def _resolve_conflicts(self, batch: _PendingDocuments) -> None:
+        """``create`` found these ids taken: the same document (a re-processed post) counts as stored,
+        a different one (per ``identity_fields``) is refused as a conflict. One request, only on conflict."""
+        if not batch.conflicting:
+            return
+        ids, batch.conflicting = batch.conflicting, []
+        resp = self.es.mget(index=self.index, ids=ids, source_includes=list(self.identity_fields))
+        for found in resp["docs"]:
+            doc_id = str(found["_id"])
+            if not found.get("found"):
+                continue  # deleted meanwhile: stays unconfirmed, created on the retry
+            stored = found.get("_source") or {}
+            new = batch.unconfirmed.get(doc_id, {})
+            # a field the stored document lacks (written before the field existed) is not compared
+            differing = [f for f in self.identity_fields if stored.get(f) is not None and stored.get(f) != new.get(f)]
+            if differing:
+                batch.reject(doc_id, f"id {doc_id!r} already stands for a different document ({', '.join(differing)})")
+                batch.conflicts.add(doc_id)
+            else:
+                batch.stored(doc_id)
+                self.stats.written += 1
 
     def _log_retry(self, batch: _PendingDocuments, state: RetryCallState) -> None:
         self.stats.retries += 1
@@ -363,10 +400,13 @@ class BulkSink(Generic[M]):
 class _PendingDocuments:
     """The documents of one write() not yet confirmed stored; the input is read lazily, once."""
 
-    def __init__(self, docs: Iterable[BaseModel], index: str, doc_id: Callable[[Any], str]) -> None:
+    def __init__(self, docs: Iterable[BaseModel], index: str, doc_id: Callable[[Any], str], op_type: str) -> None:
         self._input = iter(docs)
         self._index = index
         self._doc_id = doc_id
+        self._op_type = op_type
+        self.conflicting: list[str] = []  # ids a create found taken in the current pass
+        self.conflicts: set[str] = set()  # of the rejected: ids that stand for another document
         self.input_read = False
         self.unconfirmed: dict[str, dict[str, Any]] = {}  # id -> serialised source
         self.rejected: dict[str, str] = {}  # id -> why the store refused it
@@ -392,7 +432,7 @@ class _PendingDocuments:
         self.input_read = True
 
     def _action(self, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {"_op_type": "index", "_index": self._index, "_id": doc_id, "_source": body}
+        return {"_op_type": self._op_type, "_index": self._index, "_id": doc_id, "_source": body}
 
     def stored(self, doc_id: str) -> None:
         self.unconfirmed.pop(doc_id, None)
@@ -403,10 +443,16 @@ class _PendingDocuments:
 
 
 class ResultSink(BulkSink[AnalysisResultV1]):
-    """AnalysisResultV1 -> settings.es_results_index, `_id` = post_id."""
+    """AnalysisResultV1 -> settings.es_results_index, `_id` = post_id, created once: a post_id that
+    already stands for another post (author, channel, image) is refused as IdConflict, never overwritten;
+    the same post again is a no-op."""
+
+    IDENTITY = ("content_fingerprint", "author_id", "channel", "image_ref")
 
     def __init__(self, es: Elasticsearch, settings: ElasticsearchSettings, **kw: Any) -> None:
         kw.setdefault("retry_max_s", settings.store_retry_max_s)
+        kw.setdefault("op_type", "create")
+        kw.setdefault("identity_fields", self.IDENTITY)
         super().__init__(es, settings.es_results_index, "post_id", **kw)
 
 

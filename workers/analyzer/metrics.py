@@ -24,6 +24,7 @@ class WorkerMetrics:
     backend_errors: Counter
     producer_errors: Counter
     commit_errors: Counter
+    event_time_clamped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "WorkerMetrics":
@@ -58,6 +59,12 @@ class WorkerMetrics:
             backend_errors=Counter("moodwatch_backend_errors", "Failed model backend calls", registry=registry),
             producer_errors=Counter("moodwatch_producer_errors", "Failed Kafka produce attempts", registry=registry),
             commit_errors=Counter("moodwatch_commit_errors", "Failed offset commit attempts", registry=registry),
+            event_time_clamped=Counter(
+                "moodwatch_event_time_clamped",
+                "Posts whose created_at was not trusted (reason: future, before_floor) and was set to the time seen",
+                ["reason"],
+                registry=registry,
+            ),
         )
 
 

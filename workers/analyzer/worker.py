@@ -32,7 +32,7 @@ from kafka.errors import (
 
 from pipelines.analyzer_api import AnalysisFailed, Analyzer
 from pipelines.thumbnails import thumbnail_or_none
-from schemas.posts import MalformedPost, PostError, PostV1, parse_post
+from schemas.posts import KeyMismatch, MalformedPost, PostError, PostV1, parse_post
 from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTimings
 from workers.analyzer.metrics import WorkerMetrics
 from workers.analyzer.ports import GroupConsumer, ImageSource, ItemsRejected, Producer, ResultStore, TransientError
@@ -81,6 +81,24 @@ def dlq_headers(rejected: Rejected) -> list[tuple[str, bytes]]:
         ("original.offset", str(record.offset).encode()),
         ("failed.at", datetime.now(UTC).isoformat().encode()),
     ]
+
+
+def _shown(key: bytes | None) -> str:
+    return "(none)" if key is None else repr(key.decode("utf-8", "replace")[:80])
+
+
+def _rounds_by_post_id(done: list[tuple[Accepted, AnalysisResultV1]]) -> list[list[tuple[Accepted, AnalysisResultV1]]]:
+    """Split into rounds holding each post_id at most once, in arrival order (round n = n-th occurrence);
+    one (empty) round for an empty batch, so the store is still asked (and an outage still noticed)."""
+    rounds: list[list[tuple[Accepted, AnalysisResultV1]]] = [[]]
+    seen: dict[str, int] = {}
+    for pair in done:
+        n = seen.get(pair[1].post_id, 0)
+        seen[pair[1].post_id] = n + 1
+        if n == len(rounds):
+            rounds.append([])  # a second occurrence of a post_id in this batch
+        rounds[n].append(pair)
+    return rounds
 
 
 def commit_offsets(records: Sequence[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -271,9 +289,9 @@ class AnalyzerWorker:
         with self._stage("fetch", report):
             accepted = self._fetch(accepted, rejected)
         with self._stage("analyze", report):
-            results = self._analyze(accepted, rejected)
+            done = self._analyze(accepted, rejected)
         with self._stage("store", report):
-            results = self._store(results, accepted, rejected)
+            results = self._store(done, rejected)
         with self._stage("produce", report):
             self._retry_until_done("produce", lambda: self._produce(results, rejected), self.metrics.producer_errors)
         with self._stage("commit", report):
@@ -301,7 +319,13 @@ class AnalyzerWorker:
         accepted = []
         for record in records:
             try:
-                accepted.append(Accepted(record, parse_post(record.value)))
+                post = parse_post(record.value)
+                if record.key != post.post_id.encode():
+                    raise KeyMismatch(
+                        f"the Kafka key {_shown(record.key)} is not the post_id {post.post_id!r}: "
+                        "producers must key every post by its post_id"
+                    )
+                accepted.append(Accepted(record, post))
             except PostError as exc:
                 rejected.append(Rejected(record, exc, exc.stage))
             except Exception as exc:  # noqa: BLE001 - one unforeseen input must never crash-loop the worker
@@ -323,7 +347,7 @@ class AnalyzerWorker:
                 ok.append(item)
         return ok
 
-    def _analyze(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[AnalysisResultV1]:
+    def _analyze(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[tuple[Accepted, AnalysisResultV1]]:
         if not accepted:
             return []
         started = time.monotonic()
@@ -333,6 +357,7 @@ class AnalyzerWorker:
         per_item = (time.monotonic() - started) / len(accepted)
         now = datetime.now(UTC)
         results = []
+        bounds = self.settings.event_time_bounds()
         for item, analysis in zip(accepted, analyses):
             if isinstance(analysis, BaseException):
                 rejected.append(Rejected(item.record, analysis, "analyze"))
@@ -342,27 +367,36 @@ class AnalyzerWorker:
                 analyze_seconds=per_item,
                 total_seconds=item.fetch_seconds + per_item,
             )
-            results.append(
-                AnalysisResultV1.from_analysis(
-                    item.post, in_source_pixels(analysis, item.image), analyzed_at=now,
-                    model_versions=self.analyzer.versions, timings=timings,
-                    thumbnail=thumbnail_or_none(item.image.rgb),  # for the dashboard; stored, not published
-                )
-            )
+            when = bounds.bound(item.post.created_at, now)
+            if when.clamped:
+                self.metrics.event_time_clamped.labels(when.reason).inc()
+            result = AnalysisResultV1.from_analysis(
+                item.post, in_source_pixels(analysis, item.image), analyzed_at=now,
+                model_versions=self.analyzer.versions, timings=timings, created_at=when.at,
+                thumbnail=thumbnail_or_none(item.image.rgb),  # for the dashboard; stored, not published
+            )  # fmt: skip
+            results.append((item, result))
         return results
 
-    def _store(self, results: list[AnalysisResultV1], accepted: list[Accepted], rejected: list[Rejected]):
-        """Write the batch (last one wins for a post_id repeated in the batch); dead-letter refused documents."""
-        unique = list({r.post_id: r for r in results}.values())
-        try:
-            self._retry_until_done("store", lambda: self.store.write(unique), self.metrics.store_errors)
-        except ItemsRejected as exc:
-            refused = set(exc.ids)
-            for item in accepted:
-                if item.post.post_id in refused:
-                    rejected.append(Rejected(item.record, exc.only(item.post.post_id), "store"))
-            results = [r for r in results if r.post_id not in refused]
-        return results
+    def _store(
+        self, done: list[tuple[Accepted, AnalysisResultV1]], rejected: list[Rejected]
+    ) -> list[AnalysisResultV1]:
+        """Store the batch; dead-letter what the store refuses. A post_id repeated within the batch is
+        written in a later round, so the store compares it with the first like any reused post_id."""
+        stored = []
+        for round_ in _rounds_by_post_id(done):
+            results = [result for _, result in round_]
+            try:
+                self._retry_until_done("store", lambda results=results: self.store.write(results), self.metrics.store_errors)
+                stored += round_
+            except ItemsRejected as exc:
+                refused = set(exc.ids)
+                for item, result in round_:
+                    if result.post_id in refused:
+                        rejected.append(Rejected(item.record, exc.only(result.post_id), "store"))
+                    else:
+                        stored.append((item, result))
+        return [result for _, result in stored]
 
     def _analyze_isolating(self, images: list[np.ndarray]) -> list[Any]:
         """Analyse the batch; if one input breaks it, analyse one by one so only that input is rejected."""

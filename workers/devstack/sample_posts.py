@@ -118,4 +118,6 @@ def poison_posts(start: datetime | None = None) -> list[tuple[str, str, bytes]]:
          post_json("poison-bomb", channel="news", image=b64(png_bomb()), created_at=start)),
         ("unreachable URL", "poison-url",
          post_json("poison-url", channel="news", image={"url": "http://127.0.0.1:9/none.jpg"}, created_at=start)),
+        ("Kafka key is not the post_id", "poison-key",
+         post_json("another-post", channel="news", image=b64(photo_jpeg("coffee.png")), created_at=start)),
     ]
