@@ -93,7 +93,10 @@ def create_app(
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
         help="windows, dedup sets and detector state per channel (see workers.aggregator.detection.MoodAggregator)",
     )  # fmt: skip
-    detector = app.moodwatch_aggregator = MoodAggregator(app.moodwatch_state, s.detector_config())
+    thresholds = channel_thresholds(s)
+    detector = app.moodwatch_aggregator = MoodAggregator(
+        app.moodwatch_state, s.detector_config(), overrides=thresholds.overrides if thresholds else None
+    )
 
     repartition = Repartition(send_forced(by_channel), metrics, s.event_time_bounds())
     step = AggregationStep(detector, publish=publish_acked(alerts), apply=apply_in_partition(detector), metrics=metrics)
@@ -106,8 +109,25 @@ def create_app(
     ))  # fmt: skip
     app.agent(alerts, name="deliver")(deliver_agent(AlertDelivery(s, metrics)))
     app.task(health.start)
+    if thresholds is not None:
+
+        async def read_channel_thresholds() -> None:  # first read, then a refresh thread
+            await asyncio.to_thread(thresholds.start)
+
+        app.task(read_channel_thresholds)
     app.timer(interval=5.0, name="heartbeat")(health.heartbeat)
     return app
+
+
+def channel_thresholds(settings: AggregatorSettings) -> Any:
+    """The reader of the per-channel thresholds the dashboard writes (None when turned off). Connects on start."""
+    if not settings.aggregator_thresholds_refresh_s:
+        return None
+    from workers.adapters.elastic import make_es_client
+    from workers.adapters.thresholds import ChannelThresholds
+
+    return ChannelThresholds(make_es_client(settings), settings.es_thresholds_index,
+                             refresh_s=settings.aggregator_thresholds_refresh_s)  # fmt: skip
 
 
 def run_aggregator(settings: AggregatorSettings | None = None) -> None:

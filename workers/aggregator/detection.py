@@ -46,8 +46,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -435,10 +435,17 @@ class MoodAggregator:
     ``d|CHANNEL|START|SHARD``     post-id hashes seen in a tumbling window (dedup)
     """
 
-    def __init__(self, store: MutableMapping[str, Any], cfg: DetectorConfig, *, now=None) -> None:
+    def __init__(
+        self, store: MutableMapping[str, Any], cfg: DetectorConfig, *, now=None,
+        overrides: Callable[[str], Mapping[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
+        """``overrides(channel)``: that channel's own spike thresholds ({} = the global ones), e.g. the
+        per-channel settings admins make in the dashboard; any other field stays global."""
         self.store = store
         self._tx: _Overlay | None = None
         self.cfg = cfg
+        self._overrides = overrides
+        self._channel_cfg: dict[str, tuple[tuple[Any, ...], DetectorConfig]] = {}
         self._now = now or (lambda: datetime.now(UTC))
         # derived, in memory only: channel -> (window start, pooled baseline before it)
         self._baseline_cache: dict[str, tuple[int, WindowStats]] = {}
@@ -448,6 +455,23 @@ class MoodAggregator:
         return self._tx if self._tx is not None else self.store
 
     # -- reads ---------------------------------------------------------------------------------
+    def spike_config(self, channel: str) -> DetectorConfig:
+        """The config a channel's negative-spike test uses: the global one with the channel's overrides
+        (min_count, alpha_arm, min_effect). Overrides that break the hysteresis (alpha_arm above
+        alpha_disarm, min_effect below disarm_effect) are ignored: the global config is used."""
+        wanted = dict(self._overrides(channel)) if self._overrides is not None else {}
+        if not wanted:
+            return self.cfg
+        key = tuple(sorted(wanted.items()))
+        cached = self._channel_cfg.get(channel)
+        if cached is None or cached[0] != key:
+            try:
+                cfg = replace(self.cfg, **wanted)
+            except (TypeError, ValueError):
+                cfg = self.cfg
+            cached = self._channel_cfg[channel] = (key, cfg)
+        return cached[1]
+
     def channel_state(self, channel: str) -> dict[str, Any]:
         st = self._s.get(_ckey(channel))
         if st is None:
@@ -573,10 +597,11 @@ class MoodAggregator:
 
     def _evaluate_open(self, channel: str, st: dict[str, Any], tw: WindowStats, alerts: list[AlertV1]) -> bool:
         det = st["det"]["negative_spike"]
-        if det["firing"] or not self._cooled_down(det, tw.start) or tw.count < self.cfg.min_count:
+        cfg = self.spike_config(channel)
+        if det["firing"] or not self._cooled_down(det, tw.start) or tw.count < cfg.min_count:
             return False
         base = self.baseline(channel, tw.start)
-        ev = evaluate_negative(tw, base, self.cfg)
+        ev = evaluate_negative(tw, base, cfg)
         if not ev.arm:
             return False
         alerts.append(self._negative_alert(channel, tw, base, ev))
@@ -593,7 +618,7 @@ class MoodAggregator:
             win = self.window(channel, start)
             base = self.baseline(channel, start)
             neg_det, shift_det = st["det"]["negative_spike"], st["det"]["emotion_shift"]
-            neg = evaluate_negative(win, base, self.cfg)
+            neg = evaluate_negative(win, base, self.spike_config(channel))
             if neg_det["firing"] and neg.quiet:
                 neg_det["firing"] = False
             shift = evaluate_shift(win, base, self.cfg)

@@ -85,6 +85,13 @@ class AggregatorSettings(KafkaSettings, ElasticsearchSettings, EventTimeSettings
     shift_min_lead: float = Field(0.05, ge=0, le=1, description="lead of the new dominant emotion over the old one needed")
     shift_disarm_effect: float = Field(0.05, ge=0, le=1, description="rise below which a closed window ends the shift incident")
 
+    aggregator_thresholds_refresh_s: float = Field(
+        30.0, ge=0, description=(
+            "re-read the per-channel spike thresholds admins set in the dashboard (es_thresholds_index) this "
+            "often, in seconds; 0 = off (the global spike_* settings for every channel)"
+        ),
+    )  # fmt: skip
+
     # -- alert outputs ------------------------------------------------------------------------
     alerts_to_elasticsearch: bool = Field(True, description="index alerts into es_alerts_index (_id = alert_id)")
     alert_webhook_url: str | None = Field(None, description="POST every alert as JSON to this URL (unset = no webhook)")
