@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -185,3 +186,38 @@ def test_a_reused_post_id_is_dead_lettered_as_a_conflict_and_never_overwrites(wo
     published = read_topic(worker_settings, worker_settings.results_topic, 3)
     authors = sorted((r.key.decode(), json.loads(r.value)["author_id"]) for r in published)
     assert authors == [("shared-1", "a1"), ("shared-1", "a1"), ("shared-2", "a3")]
+
+
+def test_a_hung_store_shows_in_the_store_error_metric_and_the_worker_logs_within_seconds(
+    worker_settings, tmp_path, capsys
+):
+    """A frozen store (SIGSTOP) answers nothing: each timed-out write must count as a store error and be
+    logged by the worker at once, not after the client's own retries or the sink's retry budget."""
+    from workers.common.logs import configure_logging
+    from workers.devstack.servers import NoidaStore
+
+    store = NoidaStore(tmp_path / "noida", log_dir=tmp_path / "logs")
+    store.start()
+    settings = worker_settings.model_copy(update={"es_url": store.url, "es_request_timeout_s": 1.0})
+    configure_logging("INFO", json=True)
+    try:
+        produce(settings, valid_posts(5, "hung"))
+        worker, thread = run_in_thread(settings, idle_exit_s=8.0)  # templates installed before the freeze
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            frozen_at = time.monotonic()
+            while worker.metrics.store_errors._value.get() < 3 and time.monotonic() < frozen_at + 30:
+                time.sleep(0.1)
+            errors_while_frozen = worker.metrics.store_errors._value.get()
+            seen_after_s = time.monotonic() - frozen_at
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+        thread.join(timeout=120)
+        print(f"store errors {errors_while_frozen} after {seen_after_s:.1f} s frozen")
+        # 1 s request timeout: three failed attempts within a few seconds (was: one, after the sink's 10 s budget)
+        assert errors_while_frozen >= 3 and seen_after_s < 8, (errors_while_frozen, seen_after_s)
+        logged = capsys.readouterr()
+        assert '"es_write_retry"' in logged.err + logged.out and "ConnectionTimeout" in logged.err + logged.out
+        assert sorted(stored_ids(settings)) == [f"hung-{i:05d}" for i in range(5)]  # nothing lost once it thaws
+    finally:
+        store.stop()

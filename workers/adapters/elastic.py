@@ -117,7 +117,9 @@ def make_es_client(settings: ElasticsearchSettings, **overrides: Any) -> Elastic
     """
     kwargs: dict[str, Any] = {
         "request_timeout": settings.es_request_timeout_s,
-        "retry_on_timeout": True,
+        # A timeout goes straight back to the sink, which counts and logs it before retrying: retried
+        # inside the client, a hung store would stay invisible for (max_retries + 1) x request_timeout.
+        "retry_on_timeout": False,
         "max_retries": 2,
     }
     auth = "none"
@@ -245,6 +247,7 @@ class BulkSink(Generic[M]):
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        on_failed_attempt: Callable[[], None] = lambda: None,
     ) -> None:
         self.es = es
         self.index = index
@@ -258,6 +261,7 @@ class BulkSink(Generic[M]):
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
+        self._on_failed_attempt = on_failed_attempt  # e.g. the worker's store-errors counter, per attempt
         self.stats = SinkStats()
 
     def _doc_id(self, doc: M) -> str:
@@ -385,6 +389,7 @@ class BulkSink(Generic[M]):
 
     def _log_retry(self, batch: _PendingDocuments, state: RetryCallState) -> None:
         self.stats.retries += 1
+        self._on_failed_attempt()
         exc = state.outcome.exception() if state.outcome else None
         self.stats.last_error = str(exc)[:500] if exc else None
         log.warning(

@@ -55,7 +55,12 @@ def build_worker(settings: AnalyzerSettings, *, analyzer: Any = None, metrics: W
         producer=OutageAwareProducer(make_producer(settings)),
         analyzer=analyzer,
         images=ImageLoader(settings),
-        store=ResultSink(es, settings, retry_max_s=min(SINK_RETRY_S, settings.store_retry_max_s)),
+        store=ResultSink(
+            es,
+            settings,
+            retry_max_s=min(SINK_RETRY_S, settings.store_retry_max_s),
+            on_failed_attempt=metrics.store_errors.inc,  # a hung or failing store shows at once, per attempt
+        ),
         metrics=metrics,
         on_tick=health.tick if health is not None else (lambda: None),
     )

@@ -59,7 +59,9 @@ class ElasticsearchSettings(MoodwatchSettings):
         "moodwatch-thresholds",
         description="index of ChannelThresholdsV1 documents: per-channel alert thresholds, append-only, latest wins",
     )
-    es_request_timeout_s: float = Field(30.0, description="per-request timeout")
+    es_request_timeout_s: float = Field(
+        10.0, gt=0, description="per-request timeout; a timed-out write counts as a store error and is retried"
+    )
     store_retry_max_s: float = Field(
         600.0,
         description=(
