@@ -67,6 +67,10 @@ def render_card(card: dict[str, Any]) -> str:
         lines += ["", "## Data", ""] + [f"- **{k}**: {v}" for k, v in card["data"].items()]
     if "metrics" in card:
         lines += ["", "## Metrics", "", "```", json.dumps(card["metrics"], indent=2), "```"]
+    if "fine_tuned_on_reviews" in card:
+        tuned = card["fine_tuned_on_reviews"]
+        lines += ["", "## Fine-tuned on human reviews", "", f"- **base heads**: {card.get('base_heads')}"]
+        lines += [f"- **{k}**: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in tuned.items()]
     if "limitations" in card:
         lines += ["", "## Limitations", "", card["limitations"]]
     return "\n".join(lines) + "\n"

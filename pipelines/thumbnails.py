@@ -20,8 +20,11 @@ WEBP_QUALITY = 60
 
 
 def make_thumbnail(rgb: np.ndarray, *, max_side: int = MAX_SIDE, quality: int = WEBP_QUALITY) -> Thumbnail:
-    """A WebP thumbnail of an H x W x 3 uint8 image."""
-    image = Image.fromarray(np.ascontiguousarray(rgb[..., :3]), mode="RGB")
+    """A WebP thumbnail of an H x W x 3 (or H x W grey) uint8 image."""
+    pixels = np.asarray(rgb, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., :3]))
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     buf = io.BytesIO()
     image.save(buf, format="WEBP", quality=quality, method=4)

@@ -53,8 +53,22 @@ def train(
     seed: int = typer.Option(0),
     epochs: int = typer.Option(15),
     regions: bool = typer.Option(True, help="compute region proposals for the region scorer (slow the first time)"),
+    reviews: Optional[Path] = typer.Option(
+        None, "--reviews", exists=True, dir_okay=False,
+        help="fine-tune the current heads (MOODWATCH_HEADS_PATH) on a `moodwatch reviews export` JSONL instead",
+    ),
+    image_root: Optional[Path] = typer.Option(
+        None, "--image-root", help="with --reviews: read file: images under this folder (else the stored thumbnails)"
+    ),
 ) -> None:
-    """Train the aligned encoder, MIRA head, distribution head and region scorer; write a checkpoint + model card."""
+    """Train the aligned encoder, MIRA head, distribution head and region scorer; write a checkpoint + model card.
+
+    With --reviews: fine-tune the MIRA and distribution heads on the moderators' labels instead."""
+    if reviews is not None:
+        from workers.cli.train_reviews import train_on_reviews
+
+        train_on_reviews(reviews, out=out, index=index, seed=seed, epochs=epochs, image_root=image_root)
+        return
     from pipelines.checkpoints import save_heads
     from pipelines.evaluate import aligner_recall
     from pipelines.train import TrainConfig, train_heads
