@@ -19,6 +19,7 @@ from workers.cli.reviews import reviews_app
 from workers.cli.serving import app as triton_app
 from workers.cli.train import eval_app, train
 from workers.common.logs import configure_logging
+from workers.common.settings import ObservabilitySettings
 
 # The encoders are imported lazily by the commands; no hub is ever reached from here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +27,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(help="moodwatch: streaming visual sentiment for image posts.", no_args_is_help=True)
+
+
+@app.callback()
+def _configure_logs() -> None:
+    """Logs of every command go through the structlog stream (JSON when stderr is not a TTY) at
+    MOODWATCH_LOG_LEVEL; commands that read more settings configure them again the same way."""
+    observability = ObservabilitySettings()
+    configure_logging(observability.log_level, observability.log_json)
 
 
 def _settings(**overrides) -> AnalyzerSettings:
