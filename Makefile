@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast lint bench soak install system-deps clean
+.PHONY: demo test test-fast lint bench bench-gpu soak install system-deps clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m workers.devstack.bench
+
+# On a machine with an NVIDIA GPU (CUDA torch already in the venv); `make bench-gpu ARGS=--dry-run` on a CPU.
+bench-gpu: $(STAMP)
+	timeout 360 $(PY) -m workers.devstack.bench_gpu $(ARGS)
 
 soak: $(STAMP)
 	MOODWATCH_SOAK=1 $(PY) -m pytest -q -m slow tests/reliability

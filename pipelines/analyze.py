@@ -26,7 +26,17 @@ from models.encoders import ImageBackbone
 from models.moodnet import POLARITY_CLASSES, MoodHeads, calibrate_emotions
 from models.regions import ar_score, fuse_sum, senti_score, top_k_regions
 from pipelines.checkpoints import heads_version
-from pipelines.regions import RegionCandidates, RegionSettings, candidate_features, region_candidates
+from pipelines.regions import (
+    ProposalMethod,
+    RegionCandidates,
+    RegionSettings,
+    candidate_features,
+    learned_top_regions,
+    load_proposer,
+    proposer_version,
+    region_candidates,
+    top_regions_as_candidates,
+)
 from pipelines.retrieval import Retrieval, Sentence, SentenceDatabase
 from schemas.emotions import MIKELS_EMOTIONS
 from schemas.results import EmotionDistribution, Evidence, ImageAnalysis, ModelVersions, PolarityProbs, Region
@@ -43,6 +53,10 @@ class AnalyzerOptions:
     region_beta: float = 0.3
     region: RegionSettings = field(default_factory=RegionSettings)
     proposal_threads: int = max(1, min(4, os.cpu_count() or 1))
+    # selective_search: the paper's path (per image, OpenCV, CPU); learned: from the feature map, batched with the
+    # backbone (the worker's default through MOODWATCH_REGION_PROPOSALS; needs the EfficientNet-Lite0 feature map)
+    proposals: ProposalMethod = "selective_search"
+    backbone_chunk: int = 0  # run the backbone over chunks of this many images (0 = whole batch); see README
 
 
 @dataclass
@@ -159,7 +173,9 @@ def compose_analysis(
     )
 
 
-def analyzer_versions(backend: str, image_encoder: str, heads: MoodHeads, database: SentenceDatabase) -> ModelVersions:
+def analyzer_versions(
+    backend: str, image_encoder: str, heads: MoodHeads, database: SentenceDatabase, region_proposals: str | None = None
+) -> ModelVersions:
     """The versions recorded with every result (the same strings for every backend)."""
     return ModelVersions(
         analyzer=ANALYZER_VERSION,
@@ -168,6 +184,7 @@ def analyzer_versions(backend: str, image_encoder: str, heads: MoodHeads, databa
         text_encoder=_encoder_name(database.manifest().get("text_encoder")),
         heads=heads_version(heads),
         index=database.version,
+        region_proposals=region_proposals,
     )
 
 
@@ -180,12 +197,24 @@ class LocalAnalyzer:
         heads: MoodHeads,
         database: SentenceDatabase,
         options: AnalyzerOptions = AnalyzerOptions(),
+        proposer: torch.nn.Module | None = None,
     ) -> None:
         self.backbone = backbone.eval()
         self.heads = heads.eval()
         self.database = database
         self.options = options
-        self.versions = analyzer_versions("local", backbone.name, heads, database)
+        regions_on = options.regions_enabled and options.regions_top_k > 0
+        self.learned = regions_on and options.proposals == "learned"
+        if self.learned and proposer is None:
+            proposer = load_proposer(device=backbone.device)
+        self.proposer = proposer.eval() if self.learned else None
+        if self.learned and self.proposer.config["in_dim"] != backbone.feature_dim:
+            raise ValueError(
+                f"learned proposals need a {self.proposer.config['in_dim']}-channel feature map; {backbone.name} "
+                f"gives {backbone.feature_dim} (set MOODWATCH_REGION_PROPOSALS=selective_search)"
+            )
+        method = (proposer_version(self.proposer) if self.learned else "selective_search") if regions_on else None
+        self.versions = analyzer_versions("local", backbone.name, heads, database, method)
         self._pool = ThreadPoolExecutor(options.proposal_threads, thread_name_prefix="proposals")
 
     # -- Analyzer interface ------------------------------------------------------------------------
@@ -193,14 +222,15 @@ class LocalAnalyzer:
     def analyze(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
         if not images:
             return []
+        if self.learned:
+            return self._analyze_learned(images)
         candidates = (
             list(self._pool.map(lambda img: region_candidates(img, self.options.region), images))
             if self.options.regions_enabled and self.options.regions_top_k > 0
             else [None] * len(images)
         )
         with torch.inference_mode():
-            pixels = self.backbone.preprocess(list(images))
-            feat_map, pooled = self.backbone(pixels)
+            feat_map, pooled = self.backbone_pass(images)
             outputs = self.global_outputs(feat_map, pooled)
             evidence = self.database.sentences_for(outputs.retrieval_ids)
             results = []
@@ -214,6 +244,37 @@ class LocalAnalyzer:
                     )
                 )
         return results
+
+    def _analyze_learned(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
+        """One tensor program per micro-batch: backbone -> retrieval + heads -> proposals -> RoI-align -> AR top-K."""
+        sizes = torch.tensor([(img.shape[1], img.shape[0]) for img in images], device=self.backbone.device)
+        with torch.inference_mode():
+            feat_map, pooled = self.backbone_pass(images)
+            outputs = self.global_outputs(feat_map, pooled)
+            boxes, objectness, mask = self.proposer(feat_map, sizes)
+            top = learned_top_regions(self.heads, feat_map, boxes, objectness, mask, self.options.regions_top_k,
+                                      self.options.region_alpha)
+            evidence = self.database.sentences_for(outputs.retrieval_ids)
+            polarity, emotions = outputs.polarity.float().cpu(), outputs.emotions.float().cpu()
+            results = []
+            for i, (width, height) in enumerate(sizes.tolist()):
+                candidates, dists = top_regions_as_candidates(top, i, width, height)
+                results.append(
+                    compose_analysis(
+                        polarity[i], emotions[i], dists, candidates,
+                        evidence[i], outputs.retrieval_scores[i], width, height, self.options,
+                    )
+                )
+        return results
+
+    def backbone_pass(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature maps and pooled vectors of the batch, in chunks of ``options.backbone_chunk`` images."""
+        chunk = self.options.backbone_chunk or len(images)
+        parts = [self.backbone(self.backbone.preprocess(list(images[i : i + chunk])))
+                 for i in range(0, len(images), chunk)]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def ready(self) -> bool:
         return True

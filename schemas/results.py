@@ -98,6 +98,7 @@ class ModelVersions(_Model):
     text_encoder: str
     heads: str
     index: str
+    region_proposals: str | None = None  # "learned@<version>" or "selective_search"; None when regions are off
 
 
 class StageTimings(_Model):

@@ -113,6 +113,9 @@ def eval_twitter1(
     epochs: int = typer.Option(15),
     regions: bool = typer.Option(True, help="evaluate the AR fusion rows (needs region proposals; slow the first time)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
+    proposals: str = typer.Option(
+        "selective_search", help="region proposals of the AR rows: selective_search|learned"
+    ),
 ) -> None:
     """Stratified k-fold accuracy on Twitter I with MIRA's ablations and the AR fusion variants."""
     from pipelines.evaluate import cross_validate, summarise
@@ -120,11 +123,20 @@ def eval_twitter1(
 
     settings = AnalysisSettings()
     cache, db, _, _ = _load_inputs(data, subset, index, settings, regions)
+    if regions and proposals == "learned":
+        from pipelines.datasets import twitter1_root
+        from pipelines.proposal_eval import image_sizes, learned_region_cache
+        from pipelines.regions import load_proposer
+
+        sizes = image_sizes([twitter1_root(data) / "images" / name for name in cache.names])
+        cache = learned_region_cache(cache, load_proposer(), sizes)
+    elif proposals != "selective_search":
+        raise typer.BadParameter("--proposals must be selective_search or learned")
     console.print(f"{subset}-agree: {len(cache.names)} images, {int(cache.labels.sum())} positive; "
                   f"index {db.version} ({len(db)} sentences); {folds} folds")
     results = cross_validate(cache, db, TrainConfig(seed=seed, epochs=epochs), folds, progress=console.log)
     table_data = summarise(results)
-    table = Table(title=f"Twitter I {subset}-agree, {folds}-fold (seed {seed})")
+    table = Table(title=f"Twitter I {subset}-agree, {folds}-fold (seed {seed}, {proposals} proposals)")
     for col in ("model", "accuracy", "± std", "AUC"):
         table.add_column(col)
     for row, m in table_data.items():
@@ -134,4 +146,5 @@ def eval_twitter1(
     recall = table_data.get("aligner (held-out image->caption)", {})
     Console().print("aligned encoder, held-out image->caption " + ", ".join(f"{k} {v:.3f}" for k, v in recall.items()))
     if json_out:
-        json_out.write_text(json.dumps({"subset": subset, "folds": folds, "seed": seed, "table": table_data}, indent=2))
+        summary = {"subset": subset, "folds": folds, "seed": seed, "proposals": proposals, "table": table_data}
+        json_out.write_text(json.dumps(summary, indent=2))

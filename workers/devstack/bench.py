@@ -1,6 +1,14 @@
-"""`make bench` / `python -m workers.devstack.bench`: throughput and latency of three ways to run the analysis.
+"""`make bench` / `python -m workers.devstack.bench`: throughput and latency of the ways to run the analysis.
 
-(a) naive   the pipeline as the papers describe it, one image at a time: every encoder runs on its
+One table, rows:
+(a) backbone  the ceiling: preprocess + EfficientNet-Lite0 alone, same micro-batches and chunking as (c)
+(b) today     the LocalAnalyzer with selective-search proposals (per image, OpenCV thread pool)
+(c) learned   the LocalAnalyzer with learned proposals (one batched tensor program per micro-batch)
+(d) worker    the real worker end to end, Kafka -> Elasticsearch: NOT measured yet (issue 11, unfinished)
+(e) triton    the Triton rows below (still the selective-search path on the client)
+then the ratios c/a and c/b. The older rows follow with --naive:
+
+(naive)   the pipeline as the papers describe it, one image at a time: every encoder runs on its
             own (MIRA's image encoder for the feature map, the retrieval encoder -- CLIP in the
             paper -- for the query, EW-MTCNN's CNN for the distribution), the retrieved sentences
             are re-encoded by the text encoder, and every region candidate is cropped from the
@@ -310,7 +318,42 @@ def profile_local(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: Stag
                 compose_analysis(polarity[i], emotions[i], dists, candidates[i], evidence[i], retrieval.scores[i], w, h, opts)
 
 
-# -- (c) triton ------------------------------------------------------------------------------------------------
+# -- (a) backbone ceiling and (c) learned proposals ----------------------------------------------------------
+
+
+def run_new_rows(models: Models, images: list[np.ndarray], args) -> dict[str, dict[str, Any]]:
+    options = AnalyzerOptions(proposals="learned", backbone_chunk=args.chunk)
+    learned = LocalAnalyzer(models.backbone, models.heads, models.database, options)
+    backbone_only = lambda batch: learned.backbone_pass(batch)  # noqa: E731
+    out = {}
+    for key, name, fn in (("a", "a-backbone-ceiling", backbone_only), ("c", "c-learned-proposals", learned.analyze)):
+        with torch.inference_mode():
+            fn(images[: args.batch])  # warm-up
+        load = _load()
+        with PeakRss() as rss, torch.inference_mode():
+            posts, seconds, lat = run_batches(fn, images, args.batch, args.budget)
+        out[key] = emit({"config": name, "device": "cpu", "batch": args.batch, "chunk": args.chunk, "posts": posts,
+                         "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
+                         "latency_ms": _percentiles(lat), "peak_rss_mb": round(rss.peak_self / 2**20),
+                         "load_avg_1m": load, "region_proposals": learned.versions.region_proposals})
+    learned.close()
+    return out
+
+
+def run_naive(models: Models, images: list[np.ndarray], options: AnalyzerOptions, args) -> dict[str, Any]:
+    clock = StageClock()
+    naive = NaivePipeline(models, options, clock)
+    naive.analyze_one(np.ascontiguousarray(images[3][::4, ::4]))  # warm-up on a small image, not counted
+    clock.seconds.clear()
+    load = _load()
+    with PeakRss() as rss:
+        posts, seconds, lat = run_batches(lambda b: [naive.analyze_one(im) for im in b], images, 1, args.budget_naive)
+    return emit({"config": "naive", "device": "cpu", "batch": 1, "posts": posts, "seconds": round(seconds, 2),
+                 "posts_per_s": round(posts / seconds, 3), "latency_ms": _percentiles(lat),
+                 "peak_rss_mb": round(rss.peak_self / 2**20), "stage_share": clock.shares(), "load_avg_1m": load})
+
+
+# -- (e) triton ------------------------------------------------------------------------------------------------
 
 
 def _server_stats(client, models: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -437,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--total", type=float, default=540.0, help="start no configuration after this many seconds")
     parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (a smoke test of the bench itself)")
+    parser.add_argument("--naive", action="store_true", help="also run the paper's one-image-at-a-time pipeline")
+    parser.add_argument("--chunk", type=int, default=8, help="backbone chunk of (a) and (c) (MOODWATCH_BACKBONE_CHUNK)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -453,20 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "cuda": torch.cuda.is_available(), "load_avg_1m": _load(), "notes": models.notes,
               "images": [f"{im.shape[1]}x{im.shape[0]}" for im in images], "setup_s": round(time.perf_counter() - t0, 1)})
         options = AnalyzerOptions()
+        if not args.tiny:
+            records.update(run_new_rows(models, images, args))
+        if args.naive:
+            records["naive"] = run_naive(models, images, options, args)
 
-        # (a) naive
-        clock = StageClock()
-        naive = NaivePipeline(models, options, clock)
-        naive.analyze_one(np.ascontiguousarray(images[3][::4, ::4]))  # warm-up on a small image, not counted
-        clock.seconds.clear()
-        load = _load()
-        with PeakRss() as rss:
-            posts, seconds, lat = run_batches(lambda b: [naive.analyze_one(im) for im in b], images, 1, args.budget_naive)
-        records["a"] = emit({"config": "a-naive", "device": "cpu", "batch": 1, "posts": posts, "seconds": round(seconds, 2),
-                             "posts_per_s": round(posts / seconds, 3), "latency_ms": _percentiles(lat),
-                             "peak_rss_mb": round(rss.peak_self / 2**20), "stage_share": clock.shares(), "load_avg_1m": load})
-
-        # (b) batched local
+        # (b) batched local (today's path)
         local = LocalAnalyzer(models.backbone, models.heads, models.database, options)
         local.analyze(images[:2])  # warm-up
         load = _load()
@@ -474,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             posts, seconds, lat = run_batches(local.analyze, images, args.batch, args.budget)
         clock = StageClock()
         profile_local(local, [images[j % len(images)] for j in range(max(2, args.batch // 2))], clock)  # half a batch
-        records["b"] = emit({"config": "b-local", "device": "cpu", "batch": args.batch, "posts": posts,
+        records["b"] = emit({"config": "b-today-selective-search", "device": "cpu", "batch": args.batch, "posts": posts,
                              "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
                              "latency_ms": _percentiles(lat), "peak_rss_mb": round(rss.peak_self / 2**20),
                              "stage_share": clock.shares(), "load_avg_1m": load})
@@ -503,13 +540,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 for rec in run_triton(models, images, args, workdir, deadline):
                     if "posts_per_s" in rec:
-                        records["c-" + rec["config"].rsplit("-", 1)[-1]] = rec
+                        records["e-" + rec["config"].rsplit("-", 1)[-1]] = rec
 
         ratios = {"config": "ratios"}
-        a = records["a"]["posts_per_s"]
-        for key, rec in records.items():
-            if key != "a":
-                ratios[f"{key}/a"] = round(rec["posts_per_s"] / a, 1)
+        rate = {key: rec["posts_per_s"] for key, rec in records.items()}
+        for num, den in (("c", "a"), ("c", "b"), ("d", "a")):
+            ratios[f"{num}/{den}"] = round(rate[num] / rate[den], 3) if num in rate and den in rate else "n/a"
         emit(ratios)
         print_table(records)
     finally:
