@@ -4,9 +4,10 @@ One table, rows:
 (a) backbone  the ceiling: preprocess + EfficientNet-Lite0 alone, same micro-batches and chunking as (c)
 (b) today     the LocalAnalyzer with selective-search proposals (per image, OpenCV thread pool)
 (c) learned   the LocalAnalyzer with learned proposals (one batched tensor program per micro-batch)
-(d) worker    the real worker end to end, Kafka -> Elasticsearch: NOT measured yet (issue 11, unfinished)
+(d) worker    the real worker end to end on a local tansu + noida-db (workers/devstack/bench_worker.py):
+              posts/s draining a backlog, p50/p99 produced -> stored at half that rate
 (e) triton    the Triton rows below (still the selective-search path on the client)
-then the ratios c/a and c/b. The older rows follow with --naive:
+then the ratios c/a, c/b and d/a. The older rows follow with --naive:
 
 (naive)   the pipeline as the papers describe it, one image at a time: every encoder runs on its
             own (MIRA's image encoder for the feature map, the retrieval encoder -- CLIP in the
@@ -481,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (a smoke test of the bench itself)")
     parser.add_argument("--naive", action="store_true", help="also run the paper's one-image-at-a-time pipeline")
+    parser.add_argument("--skip-worker", action="store_true", help="skip (d), the worker end to end")
+    parser.add_argument("--worker-posts", type=int, default=256, help="(d): backlog drained at the maximum rate")
+    parser.add_argument("--worker-seconds", type=float, default=20.0, help="(d): seconds produced at half that rate")
     parser.add_argument("--chunk", type=int, default=8, help="backbone chunk of (a) and (c) (MOODWATCH_BACKBONE_CHUNK)")
     args = parser.parse_args(argv)
 
@@ -502,6 +506,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             records.update(run_new_rows(models, images, args))
         if args.naive:
             records["naive"] = run_naive(models, images, options, args)
+        if not args.skip_worker and not args.tiny:
+            from workers.devstack.bench_worker import run_worker_bench
+
+            try:
+                rec = run_worker_bench(args.worker_posts, args.worker_seconds, {"backbone_chunk": args.chunk})
+                records["d"] = emit(rec | {"peak_rss_mb": "-", "load_avg_1m": _load()})
+            except Exception as exc:  # noqa: BLE001  (a broken local stack must not hide the other rows)
+                emit({"config": "d-worker-kafka-to-es", "error": repr(exc)})
 
         # (b) batched local (today's path)
         local = LocalAnalyzer(models.backbone, models.heads, models.database, options)
