@@ -28,11 +28,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.factories import T0, make_result
-from workers.aggregator.settings import AggregatorSettings
-from workers.aggregator.alerts_out import SIGNATURE_HEADER, verify_signature
 from workers.adapters.elastic import make_es_client
-from workers.devstack.servers import free_port
+from workers.aggregator.alerts_out import SIGNATURE_HEADER, verify_signature
 from workers.aggregator.detection import MoodAggregator, Observation, alert_id
+from workers.aggregator.settings import AggregatorSettings
+from workers.devstack.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -58,14 +58,14 @@ def stream(seed: int = 3, channels: int = 3, windows: int = 28, per_window: int 
     return out
 
 
-def settings_for(tansu, noida, tmp: Path, tag: str, webhook_url: str) -> AggregatorSettings:
+def settings_for(tansu, noida, tmp: Path, tag: str, webhook_url: str, **overrides) -> AggregatorSettings:
     return AggregatorSettings(
         kafka_bootstrap=tansu.bootstrap, es_url=noida.url, results_topic=f"results-{tag}", alerts_topic=f"alerts-{tag}",
         es_results_index=f"agg-results-{tag}", es_alerts_index=f"agg-alerts-{tag}", aggregator_app_id=f"agg-{tag}",
         aggregator_partitions=2, aggregator_data_dir=tmp / "faust", window_s=W, hop_size_s=3 * W, hop_step_s=W,
         baseline_windows=10, retention_windows=12, kafka_session_timeout_ms=6000, aggregator_commit_interval_s=0.5,
         alert_webhook_url=webhook_url, alert_webhook_secret=SECRET, alert_webhook_backoff_max_s=0.5,
-        aggregator_metrics_port=free_port(), metrics_port=0, store_retry_max_s=20,
+        aggregator_metrics_port=free_port(), metrics_port=0, store_retry_max_s=20, **overrides,
     )  # fmt: skip
 
 
@@ -90,7 +90,7 @@ class Webhook(http.server.ThreadingHTTPServer):
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with outer.lock:
                     outer.calls.append((dict(self.headers), body))
@@ -111,14 +111,18 @@ class Webhook(http.server.ThreadingHTTPServer):
 
 
 class Aggregator:
-    def __init__(self, settings: AggregatorSettings, log_path: Path):
+    """`faust -A workers.aggregator worker`; ``module``: another faust entry point (tests.support.chaos_aggregator)."""
+
+    def __init__(self, settings: AggregatorSettings, log_path: Path, *, module: str = "faust",
+                 env: dict[str, str] | None = None):  # fmt: skip
         self.settings, self.log_path, self.proc = settings, log_path, None
+        self.module, self.extra_env = module, env or {}
 
     def start(self):
-        cmd = [sys.executable, "-m", "faust", "-A", "workers.aggregator", "worker", "-l", "info", "--without-web"]
+        cmd = [sys.executable, "-m", self.module, "-A", "workers.aggregator", "worker", "-l", "info", "--without-web"]
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env_for(self.settings), stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cmd, cwd=ROOT, env=env_for(self.settings) | self.extra_env, stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         return self
 
@@ -293,10 +297,9 @@ def test_restart_right_after_the_alert_neither_repeats_nor_loses_it(tansu, setup
     finally:
         agg.stop()
     check_one_alert(settings, hook)
-    corrections = [ln for ln in metrics.splitlines() if ln.startswith("moodwatch_aggregator_end_offset_corrections_total")]
+    corrections = metric_value(metrics, "moodwatch_aggregator_end_offset_corrections_total")
     print("end offset corrections after restart:", corrections)
-    accepted = [ln for ln in metrics.splitlines() if ln.startswith('moodwatch_aggregator_observations_total{status="accepted"}')]
-    assert accepted and float(accepted[0].split()[-1]) == len(results) - cut
+    assert metric_value(metrics, 'moodwatch_aggregator_observations_total{status="accepted"}') == len(results) - cut
 
 
 def test_restart_before_the_spike_with_several_partitions(tansu, setup):

@@ -1,4 +1,6 @@
-"""The faust side of the steps: the agents' loops, and the publish / send / apply they are given."""
+"""The faust side of the steps: the agents' loops, and the publish / send / apply they are given.
+
+Every agent reports what it takes and while it is busy to ``AgentProgress`` (the stall watchdog reads it)."""
 
 from __future__ import annotations
 
@@ -15,39 +17,45 @@ from workers.aggregator.delivery import AlertDelivery
 from workers.aggregator.detection import BatchResult, MoodAggregator
 from workers.aggregator.faust_fixes import GapRepair
 from workers.aggregator.repartition import Repartition
+from workers.aggregator.stall import AgentProgress
 from workers.aggregator.step import AggregationStep
 
 AgentFun = Callable[[Any], Awaitable[None]]
 
 
-def by_channel_agent(repartition: Repartition, gaps: GapRepair) -> AgentFun:
+def by_channel_agent(repartition: Repartition, gaps: GapRepair, progress: AgentProgress) -> AgentFun:
     async def by_channel(stream: Any) -> None:
         async for event in stream.events():
-            for value in await gaps.with_skipped([event]):
-                await repartition.forward(value)
+            with progress.handling([event]):
+                for value in await gaps.with_skipped([event]):
+                    await repartition.forward(value)
 
     return by_channel
 
 
-def aggregate_agent(step: AggregationStep, gaps: GapRepair, *, batch_max: int, batch_wait_s: float) -> AgentFun:
+def aggregate_agent(
+    step: AggregationStep, gaps: GapRepair, progress: AgentProgress, *, batch_max: int, batch_wait_s: float
+) -> AgentFun:
     """Batches: writes to the same key within a batch become one changelog record. Each partition's
     part of a batch is its own step, anchored to one of its events (see ``apply_in_partition``)."""
 
     async def aggregate(stream: Any) -> None:
         async for events in stream.take_events(batch_max, within=batch_wait_s):
-            by_partition: dict[int, list[Any]] = {}
-            for event in events:
-                by_partition.setdefault(event.message.partition, []).append(event)
-            for partition_events in by_partition.values():
-                await step.run(await gaps.with_skipped(partition_events), anchor=partition_events[-1])
+            with progress.handling(events):
+                by_partition: dict[int, list[Any]] = {}
+                for event in events:
+                    by_partition.setdefault(event.message.partition, []).append(event)
+                for partition_events in by_partition.values():
+                    await step.run(await gaps.with_skipped(partition_events), anchor=partition_events[-1])
 
     return aggregate
 
 
-def deliver_agent(delivery: AlertDelivery) -> AgentFun:
+def deliver_agent(delivery: AlertDelivery, progress: AgentProgress) -> AgentFun:
     async def deliver(stream: Any) -> None:
-        async for raw in stream:
-            await delivery.deliver(raw)
+        async for event in stream.events():
+            with progress.handling([event]):
+                await delivery.deliver(event.value)
 
     return deliver
 

@@ -13,7 +13,8 @@ Topology (one faust app, consumer group = ``aggregator_app_id``)::
 The agents only read streams; what they do with the records is in ``repartition`` (by_channel),
 ``step`` (aggregate) and ``delivery`` (deliver). Records that fail to decode are counted and
 skipped (a value that crashes an agent would crash it again after every restart). The faust and
-tansu problems worked around on the way are in ``faust_fixes``.
+tansu problems worked around on the way are in ``faust_fixes``. A worker that is ready but takes
+nothing while records wait exits with 75 for a restart (``stall``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from workers.aggregator.agents import (
 from workers.aggregator.delivery import AlertDelivery
 from workers.aggregator.detection import MoodAggregator
 from workers.aggregator.faust_config import faust_options
-from workers.aggregator.faust_fixes import GapRepair, VerifiedEndTransport
+from workers.aggregator.faust_fixes import GapRepair, SnapshotFetchTransport, VerifiedEndTransport, side_consumer
 from workers.aggregator.health import HealthEndpoint
 from workers.aggregator.metrics import AggregatorMetrics
 from workers.aggregator.repartition import Repartition
 from workers.aggregator.settings import AggregatorSettings
+from workers.aggregator.stall import AgentProgress, FaustConsumerView, StallWatchdog
 from workers.aggregator.step import AggregationStep
 from workers.common.logs import configure_logging
 
@@ -60,7 +62,7 @@ class AggregatorApp(faust.App):
     def _new_transport(self):
         if self.moodwatch_settings.aggregator_verify_end_offsets:
             return VerifiedEndTransport(self.conf.broker_consumer, self)
-        return super()._new_transport()
+        return SnapshotFetchTransport(self.conf.broker_consumer, self)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -101,13 +103,14 @@ def create_app(
     repartition = Repartition(send_forced(by_channel), metrics, s.event_time_bounds())
     step = AggregationStep(detector, publish=publish_acked(alerts), apply=apply_in_partition(detector), metrics=metrics)
     health = HealthEndpoint(s, metrics)
+    progress = AgentProgress()
 
-    app.agent(results, name="by_channel")(by_channel_agent(repartition, GapRepair(app, metrics, "results")))
+    app.agent(results, name="by_channel")(by_channel_agent(repartition, GapRepair(app, metrics, "results"), progress))
     app.agent(by_channel, name="aggregate")(aggregate_agent(
-        step, GapRepair(app, metrics, "by_channel"), batch_max=s.aggregator_batch_max,
+        step, GapRepair(app, metrics, "by_channel"), progress, batch_max=s.aggregator_batch_max,
         batch_wait_s=s.aggregator_batch_wait_s,
     ))  # fmt: skip
-    app.agent(alerts, name="deliver")(deliver_agent(AlertDelivery(s, metrics)))
+    app.agent(alerts, name="deliver")(deliver_agent(AlertDelivery(s, metrics), progress))
     app.task(health.start)
     if thresholds is not None:
 
@@ -116,6 +119,16 @@ def create_app(
 
         app.task(read_channel_thresholds)
     app.timer(interval=5.0, name="heartbeat")(health.heartbeat)
+    if s.aggregator_stall_exit_s:
+        view = FaustConsumerView(app, [results.get_topic_name(), by_channel.get_topic_name(), alerts.get_topic_name()],
+                                 lambda: side_consumer(app, "stall-watch"))  # fmt: skip
+        watchdog = StallWatchdog(view, progress, s.aggregator_stall_exit_s, metrics=metrics, on_stall=health.stalled)
+        app.timer(interval=watchdog.interval_s, name="stall-watchdog")(watchdog.check)
+
+        @app.on_before_shutdown.connect
+        async def close_stall_watch(sender: Any, **kwargs: Any) -> None:
+            await view.close()
+
     return app
 
 

@@ -14,6 +14,16 @@ Resume before seek. When recovery completes, faust resumes the stream partitions
 seeks them to their committed offsets, while its fetcher already runs. ``SeekFirstTableManager``
 seeks first.
 
+Records fetched for a paused partition. faust hands its live, mutable set of active partitions to
+the consumer thread, and aiokafka's ``fetched_records`` takes an empty set to mean *every*
+partition. A fetch still waiting when table recovery ended (changelog partitions paused, stream
+partitions not yet resumed: the set is empty) drained the records buffered for the stream
+partitions; faust then dropped them as not active, while aiokafka's position had moved past them.
+Before the seek to the committed offsets that was harmless (the seek rewinds); after it the records
+were gone: the restarted worker logged "Worker ready" and never consumed its input (issue 12).
+``SnapshotFetchConsumerThread`` fetches for a snapshot of the set taken when the fetch starts, and
+fetches nothing for an empty one.
+
 Skipped records. Should a stream still jump forward over offsets, ``GapRepair`` re-reads them.
 """
 
@@ -36,7 +46,14 @@ if TYPE_CHECKING:
 
 log = get_logger("moodwatch.aggregator")
 
-__all__ = ["GapRepair", "SeekFirstTableManager", "VerifiedEndTransport", "side_consumer", "verified_end_offsets"]
+__all__ = [
+    "GapRepair",
+    "SeekFirstTableManager",
+    "SnapshotFetchTransport",
+    "VerifiedEndTransport",
+    "side_consumer",
+    "verified_end_offsets",
+]
 
 
 async def verified_end_offsets(
@@ -190,8 +207,36 @@ class GapRepair:
             self._consumer = None
 
 
-class VerifiedEndConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka consumer thread whose ``highwaters`` (used by table recovery) are verified."""
+class SnapshotFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread, fetching only for the partitions active when the fetch starts.
+
+    faust passes ``Consumer._active_partitions`` itself, which the event loop keeps changing while
+    the fetch waits in this thread (up to a second), and aiokafka reads an empty set as "all
+    partitions"; records it returns for a partition faust does not consider active are dropped
+    after aiokafka's position has passed them. A frozen copy, and no fetch for an empty one, keep
+    the records of a paused partition buffered until it is resumed.
+    """
+
+    async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Mapping[TP, list[Any]]:
+        if active_partitions is None:  # a client-only app reads every partition
+            return await super().getmany(active_partitions, timeout)
+        snapshot = frozenset(active_partitions)
+        if not snapshot:
+            return {}
+        return await super().getmany(snapshot, timeout)  # type: ignore[arg-type]
+
+
+class SnapshotFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return SnapshotFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class SnapshotFetchTransport(faust_aiokafka.Transport):
+    Consumer = SnapshotFetchConsumer
+
+
+class VerifiedEndConsumerThread(SnapshotFetchConsumerThread):
+    """``SnapshotFetchConsumerThread`` whose ``highwaters`` (used by table recovery) are verified."""
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)

@@ -21,6 +21,8 @@ class AggregatorMetrics:
     repaired: Counter
     redeliveries: Counter
     event_time_clamped: Counter
+    stalled_seconds: Gauge
+    stall_exits: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> AggregatorMetrics:
@@ -83,6 +85,16 @@ class AggregatorMetrics:
             state_writes=Counter(
                 "moodwatch_aggregator_state_writes",
                 "Table writes (changelog records, tombstones included) after coalescing each batch",
+                registry=registry,
+            ),
+            stalled_seconds=Gauge(
+                "moodwatch_aggregator_stalled_seconds",
+                "Longest time an input partition has had records waiting while the agents took none (0: none)",
+                registry=registry,
+            ),
+            stall_exits=Counter(
+                "moodwatch_aggregator_stall_exits",
+                "Exits with code 75 because records waited longer than MOODWATCH_AGGREGATOR_STALL_EXIT_S untaken",
                 registry=registry,
             ),
         )

@@ -56,6 +56,14 @@ class AggregatorSettings(KafkaSettings, ElasticsearchSettings, EventTimeSettings
         description="port of the aggregator's /metrics, /livez, /readyz; unset = metrics_port (as in the chart); 0 = off",
     )
     aggregator_log_level: str = Field("WARNING", description="log level of faust itself (our own logs use log_level)")
+    aggregator_stall_exit_s: float = Field(
+        90.0,
+        ge=0,
+        description=(
+            "exit with code 75 (to be restarted; /livez turns 503 first) when the worker is ready but its agents have "
+            "taken no record for this long from an input partition with records waiting; 0 = no watchdog"
+        ),
+    )
 
     # -- windows ------------------------------------------------------------------------------
     window_s: int = Field(300, ge=1, description="tumbling window size in seconds (event time); spikes are per window")
