@@ -149,7 +149,7 @@ def batched_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: f
 
 
 def select_proposals(
-    boxes: torch.Tensor, scores: torch.Tensor, sizes: torch.Tensor, keep: int = 50, pre_nms: int = 200,
+    boxes: torch.Tensor, scores: torch.Tensor, sizes: torch.Tensor, keep: int = 50, pre_nms: int = 1000,
     iou_threshold: float = 0.6, min_area: float = 800.0, max_aspect: float = 6.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Filters, top ``pre_nms``, fast NMS, top ``keep`` per image.
@@ -175,7 +175,7 @@ class LearnedProposer(nn.Module):
     """Feature map [B, C, h, w] + image sizes [B, 2] -> (boxes [B, K, 4] normalised, objectness [B, K], mask)."""
 
     def __init__(self, in_dim: int, feature_size: tuple[int, int] = (7, 7), shapes=DEFAULT_SHAPES,
-                 hidden_dim: int = 192, keep: int = 50, iou_threshold: float = 0.6, upsample: int = 2) -> None:
+                 hidden_dim: int = 192, keep: int = 50, iou_threshold: float = 0.7, upsample: int = 2) -> None:
         super().__init__()
         self.head = ProposalHead(in_dim, len(shapes), hidden_dim, upsample)
         grid = (feature_size[0] * upsample, feature_size[1] * upsample)

@@ -93,6 +93,12 @@ def save_proposer(model: LearnedProposer, path: Path, card: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() for k, v in model.head.state_dict().items()}
     torch.save({"config": model.config, "state_dict": state, "card": card}, path)
+    lines = ["# moodwatch learned region proposals — model card", "",
+             "An objectness + box head on EfficientNet-Lite0's 7x7x1280 map (models/proposals.py), fp16 weights, "
+             "distilled from selective search (`python -m pipelines.proposal_distill`).", ""]
+    lines += [f"- **{k}**: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in card.items()]
+    lines += ["- **config**: " + json.dumps(model.config)]
+    (path.parent / "PROPOSALS_MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     return path
 
 

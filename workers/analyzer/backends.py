@@ -21,6 +21,8 @@ def analyzer_options(settings: ModelSettings) -> AnalyzerOptions:
         regions_enabled=settings.regions_enabled,
         regions_top_k=settings.regions_top_k,
         region=RegionSettings(),
+        proposals=settings.region_proposals,
+        backbone_chunk=settings.backbone_chunk,
     )
 
 

@@ -129,7 +129,18 @@ class ModelSettings(MoodwatchSettings):
     retrieval_k: int = Field(3, ge=1, le=20, description="evidence sentences retrieved per image (MIRA k)")
     regions_top_k: int = Field(8, ge=0, le=64, description="affective regions kept per image (K)")
     regions_enabled: bool = Field(
-        True, description="compute affective regions (proposals cost ~0.3 s per image)"
+        True, description="compute affective regions"
+    )
+    region_proposals: Literal["learned", "selective_search"] = Field(
+        "selective_search",
+        description="selective_search: the paper's OpenCV path on the worker's CPU (~0.3 s per image); learned: "
+        "proposals from the backbone's feature map, batched on the device (distilled from selective search; "
+        "agrees poorly with it so far, see README)",
+    )
+    backbone_chunk: int = Field(
+        8, ge=0, le=1024,
+        description="run the backbone over chunks of this many images (0 = the whole micro-batch at once); "
+        "on a 2-core CPU small chunks are faster per image, on a GPU use 0",
     )
 
 
