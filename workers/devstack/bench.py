@@ -510,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from workers.devstack.bench_worker import run_worker_bench
 
             try:
-                rec = run_worker_bench(args.worker_posts, args.worker_seconds, {"backbone_chunk": args.chunk})
+                overrides = {"backbone_chunk": args.chunk, "region_proposals": "learned"}
+                rec = run_worker_bench(args.worker_posts, args.worker_seconds, overrides)
                 records["d"] = emit(rec | {"peak_rss_mb": "-", "load_avg_1m": _load()})
             except Exception as exc:  # noqa: BLE001  (a broken local stack must not hide the other rows)
                 emit({"config": "d-worker-kafka-to-es", "error": repr(exc)})
