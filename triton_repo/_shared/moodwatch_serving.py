@@ -20,13 +20,25 @@ Contract kept by every stage:
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+# Every model.py imports this module first. The python-backend stub embeds its own interpreter and
+# ignores PYTHONPATH. Whoever starts
+# tritonserver (workers/devstack/triton_server.py does) lists the project and its environment here; they go
+# first on sys.path *before numpy is imported*: the stub's interpreter may carry numpy 2.x, with
+# which python-backend outputs came back empty (numpy 1.26 works). In a Triton image with the
+# project installed the variable is unset and nothing changes.
+for _path in reversed([p for p in os.environ.get("MOODWATCH_TRITON_PYTHONPATH", "").split(os.pathsep) if p]):
+    if _path in sys.path:
+        sys.path.remove(_path)
+    sys.path.insert(0, _path)
+
 import numpy as np
 import torch
-
 import triton_python_backend_utils as pb_utils
 
 SHARED_FILE = "moodwatch_serving.py"
