@@ -78,12 +78,15 @@ def test_writing_1000_results_twice_leaves_1000_docs(es, settings):
     t0 = time.perf_counter()
     sink.write(results)
     first_s = time.perf_counter() - t0
+    # the same posts again (a redelivery, a re-analysis with other scores): created once, never overwritten
     changed = [r.model_copy(update={"negative_score": 0.99}) if i % 10 == 0 else r for i, r in enumerate(results)]
-    ResultSink(es, settings, refresh="wait_for").write(changed)
+    again = ResultSink(es, settings, refresh="wait_for")
+    again.write(changed)
     assert es.count(index=settings.es_results_index)["count"] == 1000
     assert sink.stats.written == 1000 and sink.stats.retries == 0
+    assert again.stats.written == 1000 and again.stats.rejected == 0  # taken ids, same posts: stored
     stored = es.get(index=settings.es_results_index, id="post-00010")["_source"]
-    assert AnalysisResultV1.model_validate(stored) == changed[10]  # overwritten by the second write
+    assert AnalysisResultV1.model_validate(stored) == results[10]  # the first result stands
     stored = es.get(index=settings.es_results_index, id="post-00011")["_source"]
     assert AnalysisResultV1.model_validate(stored) == results[11]
     print(f"ResultSink: 1000 realistic results in {first_s:.3f}s = {1000 / first_s:.0f} docs/s")

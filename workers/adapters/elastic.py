@@ -59,6 +59,7 @@ __all__ = [
     "StoreError",
     "StoreRejected",
     "StoreUnavailable",
+    "install_index",
     "install_templates",
     "make_es_client",
     "ping",
@@ -167,33 +168,32 @@ def _ensure_index(es: Elasticsearch, name: str, template: dict[str, Any], *, use
     es.indices.put_mapping(index=name, properties=mappings["properties"], dynamic=mappings.get("dynamic", "strict"))
 
 
-def install_templates(es: Elasticsearch, settings: ElasticsearchSettings) -> dict[str, str]:
-    """Put the composable templates (results + alerts) and create both indices if missing.
+def install_index(es: Elasticsearch, index: str, template: dict[str, Any]) -> str:
+    """Put the composable template for ``index`` and create the index if missing (idempotent); an existing
+    index gets any new fields added to its mapping. Returns how the index got its mapping: "template", or
+    "mappings" on stores without composable templates (404/400/405 on PUT _index_template), where the index
+    is created directly with the template's settings and mappings (noida-db 0.2.3 supports templates)."""
+    try:
+        es.indices.put_index_template(name=index, **template)
+    except ApiError as exc:
+        unsupported = exc.status_code in (404, 405, 501) or (
+            exc.status_code == 400 and any(s in str(exc).lower() for s in ("no handler", "unrecognized", "unknown"))
+        )
+        if not unsupported:
+            raise  # e.g. an overlapping template of the same priority: a real configuration error
+        log.warning("es_index_templates_unsupported", index=index, status=exc.status_code, error=str(exc)[:300])
+        _ensure_index(es, index, template, used_template=False)
+        return "mappings"
+    _ensure_index(es, index, template, used_template=True)
+    return "template"
 
-    Idempotent. Returns {index: "template" | "mappings"} saying how each index got its mapping.
-    Stores without composable templates (404/400/405 on PUT _index_template) get the index created
-    directly with the template's settings and mappings instead; noida-db 0.2.3 supports templates,
-    so that path is only for other Elasticsearch-API stores.
-    """
-    done: dict[str, str] = {}
-    for index, template in (
-        (settings.es_results_index, results_template(settings.es_results_index)),
-        (settings.es_alerts_index, alerts_template(settings.es_alerts_index)),
-    ):
-        used_template = True
-        try:
-            es.indices.put_index_template(name=index, **template)
-        except ApiError as exc:
-            unsupported = exc.status_code in (404, 405, 501) or (
-                exc.status_code == 400 and any(s in str(exc).lower() for s in ("no handler", "unrecognized", "unknown"))
-            )
-            if not unsupported:
-                raise  # e.g. an overlapping template of the same priority: a real configuration error
-            log.warning("es_index_templates_unsupported", index=index, status=exc.status_code, error=str(exc)[:300])
-            used_template = False
-        _ensure_index(es, index, template, used_template=used_template)
-        done[index] = "template" if used_template else "mappings"
-    return done
+
+def install_templates(es: Elasticsearch, settings: ElasticsearchSettings) -> dict[str, str]:
+    """Templates and indices of the results and the alerts (see ``install_index``)."""
+    return {
+        settings.es_results_index: install_index(es, settings.es_results_index, results_template(settings.es_results_index)),
+        settings.es_alerts_index: install_index(es, settings.es_alerts_index, alerts_template(settings.es_alerts_index)),
+    }
 
 
 # ---- sinks -------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from elasticsearch import ApiError, Elasticsearch
 
 from schemas.es_templates import reviews_template, thresholds_template
 from schemas.reviews import ChannelThresholdsV1, ReviewV1
+from workers.adapters.elastic import install_index
 from workers.common.settings import ElasticsearchSettings
 
 log = structlog.get_logger(__name__)
@@ -26,22 +27,6 @@ PAGE = 1000
 
 def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
-
-
-def install_index(es: Elasticsearch, name: str, template: dict[str, Any]) -> None:
-    """Put the composable template for `name` and create the index if missing (idempotent); an existing
-    index gets any new fields added to its mapping."""
-    es.indices.put_index_template(name=name, **template)
-    mappings = template["template"]["mappings"]
-    if not es.indices.exists(index=name):
-        try:
-            es.indices.create(index=name)
-            log.info("es_index_created", index=name)
-            return
-        except ApiError as exc:
-            if getattr(exc, "error", "") != "resource_already_exists_exception":
-                raise
-    es.indices.put_mapping(index=name, properties=mappings["properties"], dynamic=mappings.get("dynamic", "strict"))
 
 
 def not_found(exc: Exception) -> bool:
