@@ -389,7 +389,7 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
         for model in ("moodwatch", "moodwatch_fused"):
             remaining = deadline - time.monotonic()
             if remaining < 20:
-                records.append(emit({"config": f"c-triton-{model}", "skipped": f"time budget spent ({remaining:.0f}s left)"}))
+                records.append(emit({"config": f"e-triton-{model}", "skipped": f"time budget spent ({remaining:.0f}s left)"}))
                 continue
             budget = min(args.budget, remaining - 10)
             options = AnalyzerOptions()
@@ -419,7 +419,7 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
                 }
             compute_total = sum(v["compute_ms"] for k, v in server_side.items() if k != "moodwatch") or 1.0
             records.append(emit({
-                "config": f"c-triton-{model}", "device": "cpu", "clients": args.clients, "batch": args.batch,
+                "config": f"e-triton-{model}", "device": "cpu", "clients": args.clients, "batch": args.batch,
                 "posts": posts, "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
                 "latency_ms": _percentiles(latencies),
                 "peak_rss_mb": {"client": round(rss.peak_self / 2**20), "server": round(rss.peak_server / 2**20)},
@@ -549,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (c) triton
         if not args.skip_triton:
             if deadline - time.monotonic() < 90:
-                emit({"config": "c-triton", "skipped": "time budget spent"})
+                emit({"config": "e-triton", "skipped": "time budget spent"})
             else:
                 for rec in run_triton(models, images, args, workdir, deadline):
                     if "posts_per_s" in rec:
