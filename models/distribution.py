@@ -5,6 +5,9 @@
     p = PriorLayer(f) = f @ V        V rows = wheel priors, sigma = 0.6 (see models.emotions)
 
 Train p with ``models.emotions.multitask_loss`` ((1 - lambda) CE + lambda KL, lambda = 0.7).
+
+The same head serves another label set (``num_labels``, e.g. Emotion6's seven, models.emotion6) with a
+given prior matrix or none.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from torch import nn
 
 from models.emotions import NUM_EMOTIONS, PriorLayer
 
-__all__ = ["DistributionHead"]
+__all__ = ["DistributionHead", "FixedPrior"]
 
 
 class DistributionHead(nn.Module):
-    """MLP -> 8 logits -> softmax f -> PriorLayer -> p.
+    """MLP -> 8 (``num_labels``) logits -> softmax f -> PriorLayer (or ``prior_matrix``, or none) -> p.
 
     forward(image_feat [B, C] (a [B, C, H, W] map is mean-pooled first), extra [B, extra_dim] or None,
             return_f) -> p [B, 8], or (p, f) when ``return_f``.
@@ -33,18 +36,27 @@ class DistributionHead(nn.Module):
         dropout: float = 0.2,
         sigma: float = 0.6,
         use_prior: bool = True,
+        num_labels: int = NUM_EMOTIONS,
+        prior_matrix: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.in_dim, self.extra_dim = in_dim, extra_dim
+        if use_prior and prior_matrix is None and num_labels != NUM_EMOTIONS:
+            raise ValueError(f"the Mikels wheel prior has {NUM_EMOTIONS} labels; give prior_matrix or use_prior=False")
+        self.in_dim, self.extra_dim, self.num_labels = in_dim, extra_dim, num_labels
         self.mlp = nn.Sequential(
             nn.LayerNorm(in_dim + extra_dim),
             nn.Dropout(dropout),
             nn.Linear(in_dim + extra_dim, hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(hidden_dim, NUM_EMOTIONS),
+            nn.Linear(hidden_dim, num_labels),
         )
-        self.prior = PriorLayer(sigma) if use_prior else nn.Identity()
+        if not use_prior:
+            self.prior: nn.Module = nn.Identity()
+        elif prior_matrix is not None:
+            self.prior = FixedPrior(prior_matrix)
+        else:
+            self.prior = PriorLayer(sigma)
 
     def forward(
         self,
@@ -65,3 +77,16 @@ class DistributionHead(nn.Module):
         f = self.mlp(image_feat).softmax(dim=-1)
         p = self.prior(f)
         return (p, f) if return_f else p
+
+
+class FixedPrior(nn.Module):
+    """p = f @ V for a given row-stochastic V [L, L] (a fixed buffer)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        super().__init__()
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"prior matrix must be square, got {tuple(matrix.shape)}")
+        self.register_buffer("prior", matrix.float(), persistent=False)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.prior.to(f.dtype)

@@ -50,7 +50,7 @@ def load_heads(path: Path, device: str = "cpu") -> tuple[MoodHeads, dict[str, An
             f"to use the shipped default)"
         )
     blob = torch.load(path, map_location=device, weights_only=False)
-    heads = MoodHeads(HeadsConfig(**blob["config"]))
+    heads = MoodHeads(HeadsConfig.from_dict(blob["config"]))
     heads.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     return heads.eval().to(device), blob.get("card", {})
 

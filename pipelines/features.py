@@ -9,10 +9,11 @@ features, and the caption's text embedding.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,10 +21,22 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from models.encoders import ImageBackbone, TextEncoder
-from pipelines.datasets import Twitter1Item
 from pipelines.regions import RegionSettings, candidate_features, region_candidates
 
 MAX_REGIONS = 50
+
+
+class ImageItem(Protocol):
+    """What the cache reads of a labelled image (Twitter1Item, MvsaPost, Emotion6Item)."""
+
+    name: str
+    path: Path
+
+    @property
+    def label(self) -> int: ...
+
+    @property
+    def caption(self) -> str: ...
 
 
 @dataclass
@@ -38,7 +51,7 @@ class FeatureCache:
     region_mask: np.ndarray  # [N, R] bool
     caption_emb: np.ndarray  # [N, D] float32 (zeros when no caption)
 
-    def subset(self, idx: np.ndarray) -> "FeatureCache":
+    def subset(self, idx: np.ndarray) -> FeatureCache:
         return FeatureCache(
             [self.names[i] for i in idx], *(getattr(self, f)[idx] for f in (
                 "labels", "feat_maps", "pooled", "pooled_flip", "region_feats", "region_objectness",
@@ -50,7 +63,7 @@ class FeatureCache:
         np.savez(path, names=np.array(self.names), **{k: v for k, v in vars(self).items() if k != "names"})
 
     @classmethod
-    def load(cls, path: Path) -> "FeatureCache":
+    def load(cls, path: Path) -> FeatureCache:
         with np.load(path) as z:
             return cls(names=[str(n) for n in z["names"]], **{k: z[k] for k in z.files if k != "names"})
 
@@ -60,7 +73,7 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
-def cache_key(items: Sequence[Twitter1Item], backbone: ImageBackbone, text_encoder: TextEncoder,
+def cache_key(items: Sequence[ImageItem], backbone: ImageBackbone, text_encoder: TextEncoder,
               cfg: RegionSettings | None) -> str:
     regions = f"{cfg}|{MAX_REGIONS}" if cfg is not None else "no-regions"
     digest = hashlib.sha256(f"{backbone.name}|{text_encoder.name}|{regions}".encode())
@@ -70,7 +83,7 @@ def cache_key(items: Sequence[Twitter1Item], backbone: ImageBackbone, text_encod
 
 
 def build_cache(
-    items: Sequence[Twitter1Item],
+    items: Sequence[ImageItem],
     backbone: ImageBackbone,
     text_encoder: TextEncoder,
     cfg: RegionSettings = RegionSettings(),
@@ -84,9 +97,10 @@ def build_cache(
     feat_maps = np.zeros((n, channels, h, w), np.float16)
     pooled = np.zeros((n, channels), np.float32)
     pooled_flip = np.zeros((n, channels), np.float32)
-    region_feats = np.zeros((n, MAX_REGIONS, channels), np.float16)
-    region_obj = np.zeros((n, MAX_REGIONS), np.float32)
-    region_mask = np.zeros((n, MAX_REGIONS), bool)
+    slots = MAX_REGIONS if regions else 0
+    region_feats = np.zeros((n, slots, channels), np.float16)
+    region_obj = np.zeros((n, slots), np.float32)
+    region_mask = np.zeros((n, slots), bool)
     bar = tqdm(total=n, desc="features", unit="img", disable=not progress)
     with ThreadPoolExecutor(threads) as pool, torch.inference_mode():
         for start in range(0, n, batch_size):
@@ -122,11 +136,11 @@ def build_cache(
 
 
 def cached_features(
-    items: Sequence[Twitter1Item], backbone: ImageBackbone, text_encoder: TextEncoder, cache_dir: Path,
-    cfg: RegionSettings = RegionSettings(), progress: bool = True, regions: bool = True,
+    items: Sequence[ImageItem], backbone: ImageBackbone, text_encoder: TextEncoder, cache_dir: Path,
+    cfg: RegionSettings = RegionSettings(), progress: bool = True, regions: bool = True, prefix: str = "twitter1",
 ) -> FeatureCache:
     """Load or build the cache; `regions=False` skips the (slow) proposals, leaving no region candidates."""
-    path = Path(cache_dir) / f"twitter1-{cache_key(items, backbone, text_encoder, cfg if regions else None)}.npz"
+    path = Path(cache_dir) / f"{prefix}-{cache_key(items, backbone, text_encoder, cfg if regions else None)}.npz"
     if path.is_file():
         return FeatureCache.load(path)
     cache = build_cache(items, backbone, text_encoder, cfg, progress=progress, regions=regions)

@@ -26,6 +26,7 @@ from models.emotions import POSITIVE_MASK, multitask_loss, polarity_from_emotion
 from models.moodnet import HeadsConfig, MoodHeads
 from models.regions import ConcatFusion, ar_score, senti_score
 from pipelines.features import FeatureCache
+from pipelines.fitting import _batches, _flip_mask, _tensor, retrieve
 from pipelines.retrieval import SentenceDatabase
 
 
@@ -48,16 +49,6 @@ class TrainConfig:
         return d
 
 
-def _tensor(x: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x, dtype=np.float32))
-
-
-def _batches(n: int, size: int, rng: np.random.Generator):
-    order = rng.permutation(n)
-    for start in range(0, n, size):
-        yield order[start : start + size]
-
-
 def _fit(module: nn.Module, n: int, epochs: int, batch_size: int, cfg: TrainConfig, rng: np.random.Generator,
          loss_of: Callable[[np.ndarray], torch.Tensor | None]) -> list[float]:
     """AdamW over shuffled mini-batches of n samples; `loss_of(idx)` may return None to skip a batch."""
@@ -77,10 +68,6 @@ def _fit(module: nn.Module, n: int, epochs: int, batch_size: int, cfg: TrainConf
     return losses
 
 
-def _flip_mask(rng: np.random.Generator, n: int, *shape: int) -> torch.Tensor:
-    return torch.as_tensor(rng.random(n) < 0.5).view(n, *shape)
-
-
 def train_aligner(heads: MoodHeads, cache: FeatureCache, cfg: TrainConfig, rng: np.random.Generator) -> list[float]:
     has_caption = np.abs(cache.caption_emb).sum(1) > 0
     if has_caption.sum() < 2:
@@ -95,12 +82,6 @@ def train_aligner(heads: MoodHeads, cache: FeatureCache, cfg: TrainConfig, rng: 
         return heads.aligner.loss(x, text[idx])
 
     return _fit(heads.aligner, len(pooled), cfg.align_epochs, 128, cfg, rng, loss_of)
-
-
-def retrieve(heads: MoodHeads, db: SentenceDatabase, pooled: np.ndarray, k: int):
-    with torch.inference_mode():
-        query = heads.embed(_tensor(pooled)).numpy()
-    return db.retrieve(query, k=min(k, len(db)))
 
 
 def emotion_targets(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig) -> np.ndarray:
