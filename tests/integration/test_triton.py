@@ -44,6 +44,7 @@ from pipelines.checkpoints import load_heads, save_heads
 from pipelines.regions import region_candidates
 from pipelines.retrieval import SentenceDatabase, load_seed_sentences
 from workers.adapters.triton_client import TritonAnalyzer, TritonOptions
+from workers.analyzer.backends import analyzer_options
 from workers.devstack.triton_server import TritonServer, start_local_triton
 
 pytestmark = pytest.mark.integration
@@ -324,7 +325,7 @@ def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
     thread = None
     triton_server.stop()
     try:
-        analyzer = TritonAnalyzer.from_settings(settings)  # the worker starts although the server is down
+        analyzer = TritonAnalyzer.from_settings(settings, analyzer_options(settings))  # starts though the server is down
         assert not analyzer.ready()
         with pytest.raises(BackendUnavailable, match=rf"Triton server at {triton_server.grpc_url} is not reachable"):
             analyzer.analyze(IMAGES[:1])

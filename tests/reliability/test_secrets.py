@@ -158,7 +158,7 @@ def test_tls_auth_and_api_key_reach_elasticsearch(monkeypatch, capsys, figures_s
     assert api["api_key"] == ES_API_KEY and "basic_auth" not in api  # the API key wins over basic auth
     out = capsys.readouterr()
     logged = out.out + out.err
-    assert "es_client" in logged and "***@es.internal:9200" in logged  # the URL's user info is redacted
+    assert "es_client" in logged and '"https://es.internal:9200/"' in logged  # the URL's user info is dropped
     assert "inline-pw" not in logged and not leaked(logged), leaked(logged)
     figures_secrets["secret_checks"] += 3
 

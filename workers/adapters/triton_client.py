@@ -143,10 +143,12 @@ class TritonAnalyzer:
 
     @property
     def versions(self) -> ModelVersions:
+        # region proposals run here, on the client, with selective search (the paper path)
+        proposals = "selective_search" if self.analyzer_options.regions_enabled else None
         if self._contract is not None:
-            return self._contract.versions
+            return self._contract.versions.model_copy(update={"region_proposals": proposals})
         return ModelVersions(analyzer=ANALYZER_VERSION, backend="triton", image_encoder=_UNKNOWN,
-                             text_encoder=_UNKNOWN, heads=_UNKNOWN, index=_UNKNOWN)
+                             text_encoder=_UNKNOWN, heads=_UNKNOWN, index=_UNKNOWN, region_proposals=proposals)
 
     def analyze(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
         if not images:
