@@ -22,8 +22,16 @@ __all__ = ["EMOTION6_LABELS", "MIKELS_TO_EMOTION6", "NUM_EMOTION6", "emotion6_di
 
 NUM_EMOTION6 = len(EMOTION6_LABELS)
 _PLUTCHIK_POSITION = {"joy": 0, "fear": 2, "surprise": 3, "sadness": 4, "disgust": 5, "anger": 6}
-_MIKELS_TARGET = {"anger": "anger", "disgust": "disgust", "fear": "fear", "sadness": "sadness",
-                  "amusement": "joy", "contentment": "joy", "excitement": "joy", "awe": "surprise"}
+_MIKELS_TARGET = {
+    "anger": "anger",
+    "disgust": "disgust",
+    "fear": "fear",
+    "sadness": "sadness",
+    "amusement": "joy",
+    "contentment": "joy",
+    "excitement": "joy",
+    "awe": "surprise",
+}
 
 MIKELS_TO_EMOTION6: torch.Tensor = torch.tensor(
     [[1.0 if EMOTION6_LABELS[j] == _MIKELS_TARGET[m] else 0.0 for j in range(NUM_EMOTION6)] for m in MIKELS_EMOTIONS]
@@ -49,5 +57,5 @@ def emotion6_prior_matrix(sigma: float = 0.6, neutral_distance: float = 2.0, dty
     """7 x 7 row-stochastic prior V (row mu = the prior of emotion mu), symmetric before normalisation."""
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
-    weights = torch.exp(-emotion6_distance_matrix(neutral_distance) ** 2 / (2.0 * sigma**2))
+    weights = torch.exp(-(emotion6_distance_matrix(neutral_distance) ** 2) / (2.0 * sigma**2))
     return (weights / weights.sum(dim=1, keepdim=True)).to(dtype)

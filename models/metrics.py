@@ -14,7 +14,7 @@ Terms of the form 0/0 (p_j = t_j = 0) count as 0, and so do 0 log 0 terms.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -72,15 +72,27 @@ class MoodHeads(nn.Module):
         self.config = config
         self.aligner = AlignedImageEncoder(in_dim=config.image_dim, out_dim=config.text_dim, hidden_dim=512)
         self.mira = MiraHead(
-            text_dim=config.text_dim, image_dim=config.image_dim, hidden_dim=config.hidden_dim, num_classes=config.num_polarities,
-            dropout=config.dropout, mode=config.mira_mode, post_text=config.post_text,  # type: ignore[arg-type]
+            text_dim=config.text_dim,
+            image_dim=config.image_dim,
+            hidden_dim=config.hidden_dim,
+            num_classes=config.num_polarities,
+            dropout=config.dropout,
+            mode=config.mira_mode,
+            post_text=config.post_text,  # type: ignore[arg-type]
             pooling=config.mira_pooling,  # type: ignore[arg-type]
         )
         self.distribution = DistributionHead(in_dim=config.image_dim, dropout=config.dropout)
-        self.emotion6 = DistributionHead(
-            in_dim=config.image_dim, hidden_dim=config.emotion6_hidden, dropout=config.emotion6_dropout,
-            num_labels=NUM_EMOTION6, use_prior=False,
-        ) if config.emotion6 else None
+        self.emotion6 = (
+            DistributionHead(
+                in_dim=config.image_dim,
+                hidden_dim=config.emotion6_hidden,
+                dropout=config.emotion6_dropout,
+                num_labels=NUM_EMOTION6,
+                use_prior=False,
+            )
+            if config.emotion6
+            else None
+        )
         self.region_scorer = RegionScorer(config.image_dim, hidden_dim=128, dropout=config.dropout)
 
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -96,8 +108,9 @@ class MoodHeads(nn.Module):
         """Three-way probabilities [B, 3] and the attention; no ``post_text`` = every post image-only."""
         if post_text is not None and post_mask is None:
             raise ValueError("post_text needs post_mask (which posts have usable text)")
-        logits, attention = self.mira(text_feats, feat_map, return_attention=True, post_text=post_text,
-                                      post_mask=post_mask)
+        logits, attention = self.mira(
+            text_feats, feat_map, return_attention=True, post_text=post_text, post_mask=post_mask
+        )
         return logits.softmax(dim=-1), attention
 
     def emotions(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -61,13 +61,16 @@ class ProposalHead(nn.Module):
     cell: with 7 x 7 cells alone, no anchor overlaps a third of the teacher's small boxes by IoU 0.5.
     """
 
-    def __init__(self, in_dim: int, num_shapes: int = len(DEFAULT_SHAPES), hidden_dim: int = 192,
-                 upsample: int = 2) -> None:
+    def __init__(
+        self, in_dim: int, num_shapes: int = len(DEFAULT_SHAPES), hidden_dim: int = 192, upsample: int = 2
+    ) -> None:
         super().__init__()
         self.num_shapes, self.upsample = num_shapes, upsample
         self.trunk = nn.Sequential(
-            nn.Conv2d(in_dim, hidden_dim, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_dim, hidden_dim, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1),
+            nn.ReLU(inplace=True),
         )
         self.objectness = nn.Conv2d(hidden_dim, num_shapes, 1)
         self.deltas = nn.Conv2d(hidden_dim, num_shapes * 4, 1)
@@ -149,8 +152,14 @@ def batched_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: f
 
 
 def select_proposals(
-    boxes: torch.Tensor, scores: torch.Tensor, sizes: torch.Tensor, keep: int = 50, pre_nms: int = 1000,
-    iou_threshold: float = 0.6, min_area: float = 800.0, max_aspect: float = 6.0,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    sizes: torch.Tensor,
+    keep: int = 50,
+    pre_nms: int = 1000,
+    iou_threshold: float = 0.6,
+    min_area: float = 800.0,
+    max_aspect: float = 6.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Filters, top ``pre_nms``, fast NMS, top ``keep`` per image.
 
@@ -174,15 +183,30 @@ def select_proposals(
 class LearnedProposer(nn.Module):
     """Feature map [B, C, h, w] + image sizes [B, 2] -> (boxes [B, K, 4] normalised, objectness [B, K], mask)."""
 
-    def __init__(self, in_dim: int, feature_size: tuple[int, int] = (7, 7), shapes=DEFAULT_SHAPES,
-                 hidden_dim: int = 192, keep: int = 50, iou_threshold: float = 0.7, upsample: int = 2) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        feature_size: tuple[int, int] = (7, 7),
+        shapes=DEFAULT_SHAPES,
+        hidden_dim: int = 192,
+        keep: int = 50,
+        iou_threshold: float = 0.7,
+        upsample: int = 2,
+    ) -> None:
         super().__init__()
         self.head = ProposalHead(in_dim, len(shapes), hidden_dim, upsample)
         grid = (feature_size[0] * upsample, feature_size[1] * upsample)
         self.register_buffer("anchors", anchor_grid(*grid, shapes=shapes), persistent=False)
         self.keep, self.iou_threshold = keep, iou_threshold
-        self.config = {"in_dim": in_dim, "feature_size": list(feature_size), "shapes": [list(s) for s in shapes],
-                       "hidden_dim": hidden_dim, "keep": keep, "iou_threshold": iou_threshold, "upsample": upsample}
+        self.config = {
+            "in_dim": in_dim,
+            "feature_size": list(feature_size),
+            "shapes": [list(s) for s in shapes],
+            "hidden_dim": hidden_dim,
+            "keep": keep,
+            "iou_threshold": iou_threshold,
+            "upsample": upsample,
+        }
 
     def raw(self, feat_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, N], decoded boxes [B, N, 4]) of every anchor."""
@@ -191,8 +215,7 @@ class LearnedProposer(nn.Module):
 
     def forward(self, feat_map: torch.Tensor, sizes: torch.Tensor):
         logits, boxes = self.raw(feat_map)
-        return select_proposals(boxes.float(), logits.float(), sizes, keep=self.keep,
-                                iou_threshold=self.iou_threshold)
+        return select_proposals(boxes.float(), logits.float(), sizes, keep=self.keep, iou_threshold=self.iou_threshold)
 
 
 def batched_roi_features(feat_map: torch.Tensor, boxes: torch.Tensor, output_size: int = 2, sampling_ratio: int = 2):
@@ -203,7 +226,7 @@ def batched_roi_features(feat_map: torch.Tensor, boxes: torch.Tensor, output_siz
     """
     b, r = boxes.shape[:2]
     c = feat_map.shape[1]
-    steps = (torch.arange(output_size * sampling_ratio, dtype=boxes.dtype, device=boxes.device) + 0.5)
+    steps = torch.arange(output_size * sampling_ratio, dtype=boxes.dtype, device=boxes.device) + 0.5
     steps = steps / (output_size * sampling_ratio)
     xs = boxes[..., 0:1] + (boxes[..., 2:3] - boxes[..., 0:1]) * steps  # [B, R, S] in [0, 1]
     ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * steps
@@ -215,15 +238,16 @@ def batched_roi_features(feat_map: torch.Tensor, boxes: torch.Tensor, output_siz
     return sampled.reshape(b, c, r, s * s).mean(dim=-1).permute(0, 2, 1)  # [B, R, C]
 
 
-def affective_top_k(region_dists: torch.Tensor, objectness: torch.Tensor, mask: torch.Tensor, k: int = 8,
-                    alpha: float = 0.6) -> tuple[torch.Tensor, ...]:
+def affective_top_k(
+    region_dists: torch.Tensor, objectness: torch.Tensor, mask: torch.Tensor, k: int = 8, alpha: float = 0.6
+) -> tuple[torch.Tensor, ...]:
     """Senti and AR scores of [B, R] candidates and the top ``k`` per image by AR (masked slots last).
 
     Returns (indices [B, k], ar [B, k], senti [B, k], top mask [B, k]); senti = 1 + sum y log y / log c,
     AR = sqrt((1 - alpha) obj^2 + alpha senti^2) as in ``models.regions``.
     """
     c = region_dists.shape[-1]
-    senti = (1.0 + torch.special.xlogy(region_dists, region_dists).sum(-1) / torch.log(torch.tensor(float(c))))
+    senti = 1.0 + torch.special.xlogy(region_dists, region_dists).sum(-1) / torch.log(torch.tensor(float(c)))
     senti = senti.clamp(0.0, 1.0)
     ar = ((1.0 - alpha) * objectness**2 + alpha * senti**2).sqrt()
     ranked = ar.masked_fill(~mask, float("-inf"))

@@ -22,7 +22,8 @@ import ctypes
 import functools
 import math
 import threading
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -390,7 +391,10 @@ class RegionScorer(nn.Module):
         super().__init__()
         if hidden_dim > 0:
             self.net = nn.Sequential(
-                nn.Dropout(dropout), nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                nn.Dropout(dropout),
+                nn.Linear(in_dim, hidden_dim),
+                nn.GELU(),
+                nn.Dropout(dropout),
                 nn.Linear(hidden_dim, num_classes),
             )
         else:
@@ -436,8 +440,12 @@ def roi_features(
             per_image.append(feat_map.new_zeros((0, channels, out_h, out_w)))
             continue
         b = b * spatial_scale
-        steps_x = (torch.arange(out_w * sampling_ratio, dtype=b.dtype, device=b.device) + 0.5) / (out_w * sampling_ratio)
-        steps_y = (torch.arange(out_h * sampling_ratio, dtype=b.dtype, device=b.device) + 0.5) / (out_h * sampling_ratio)
+        steps_x = (torch.arange(out_w * sampling_ratio, dtype=b.dtype, device=b.device) + 0.5) / (
+            out_w * sampling_ratio
+        )
+        steps_y = (torch.arange(out_h * sampling_ratio, dtype=b.dtype, device=b.device) + 0.5) / (
+            out_h * sampling_ratio
+        )
         xs = b[:, 0:1] + (b[:, 2:3] - b[:, 0:1]) * steps_x  # [n, ow * s]
         ys = b[:, 1:2] + (b[:, 3:4] - b[:, 1:2]) * steps_y  # [n, oh * s]
         gx = (2.0 * xs / width - 1.0)[:, None, :].expand(n, ys.shape[1], xs.shape[1])

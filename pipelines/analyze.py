@@ -14,9 +14,10 @@ workers/adapters/triton_client.py -- computes the same numbers with the same cod
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,12 @@ def heads_stage(
 
 
 def region_distributions(
-    heads: MoodHeads, geometry: Any, feat_map: torch.Tensor, candidates: RegionCandidates | None, width: int, height: int
+    heads: MoodHeads,
+    geometry: Any,
+    feat_map: torch.Tensor,
+    candidates: RegionCandidates | None,
+    width: int,
+    height: int,
 ) -> torch.Tensor:
     """Emotion distribution [R, 8] of every region candidate of one image (feature map [1, C, h, w]).
 
@@ -125,8 +131,13 @@ def select_regions(
         pos, neg = polarity_from_emotions(dists[j]).tolist()
         regions.append(
             Region(
-                x0=x0, y0=y0, x1=x1, y1=y1,
-                score=_unit(scores[j]), objectness=_unit(objectness[j]), senti=_unit(senti[j]),
+                x0=x0,
+                y0=y0,
+                x1=x1,
+                y1=y1,
+                score=_unit(scores[j]),
+                objectness=_unit(objectness[j]),
+                senti=_unit(senti[j]),
                 dominant_emotion=MIKELS_EMOTIONS[int(dists[j].argmax())],
                 polarity="positive" if pos >= neg else "negative",
             )
@@ -236,11 +247,20 @@ class LocalAnalyzer:
             results = []
             for i, image in enumerate(images):
                 height, width = image.shape[:2]
-                dists = region_distributions(self.heads, self.backbone, feat_map[i : i + 1], candidates[i], width, height)
+                dists = region_distributions(
+                    self.heads, self.backbone, feat_map[i : i + 1], candidates[i], width, height
+                )
                 results.append(
                     compose_analysis(
-                        outputs.polarity[i], outputs.emotions[i], dists, candidates[i],
-                        evidence[i], outputs.retrieval_scores[i], width, height, self.options,
+                        outputs.polarity[i],
+                        outputs.emotions[i],
+                        dists,
+                        candidates[i],
+                        evidence[i],
+                        outputs.retrieval_scores[i],
+                        width,
+                        height,
+                        self.options,
                     )
                 )
         return results
@@ -252,8 +272,9 @@ class LocalAnalyzer:
             feat_map, pooled = self.backbone_pass(images)
             outputs = self.global_outputs(feat_map, pooled)
             boxes, objectness, mask = self.proposer(feat_map, sizes)
-            top = learned_top_regions(self.heads, feat_map, boxes, objectness, mask, self.options.regions_top_k,
-                                      self.options.region_alpha)
+            top = learned_top_regions(
+                self.heads, feat_map, boxes, objectness, mask, self.options.regions_top_k, self.options.region_alpha
+            )
             evidence = self.database.sentences_for(outputs.retrieval_ids)
             polarity, emotions = outputs.polarity.float().cpu(), outputs.emotions.float().cpu()
             results = []
@@ -261,8 +282,15 @@ class LocalAnalyzer:
                 candidates, dists = top_regions_as_candidates(top, i, width, height)
                 results.append(
                     compose_analysis(
-                        polarity[i], emotions[i], dists, candidates,
-                        evidence[i], outputs.retrieval_scores[i], width, height, self.options,
+                        polarity[i],
+                        emotions[i],
+                        dists,
+                        candidates,
+                        evidence[i],
+                        outputs.retrieval_scores[i],
+                        width,
+                        height,
+                        self.options,
                     )
                 )
         return results
@@ -270,8 +298,9 @@ class LocalAnalyzer:
     def backbone_pass(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature maps and pooled vectors of the batch, in chunks of ``options.backbone_chunk`` images."""
         chunk = self.options.backbone_chunk or len(images)
-        parts = [self.backbone(self.backbone.preprocess(list(images[i : i + chunk])))
-                 for i in range(0, len(images), chunk)]
+        parts = [
+            self.backbone(self.backbone.preprocess(list(images[i : i + chunk]))) for i in range(0, len(images), chunk)
+        ]
         if len(parts) == 1:
             return parts[0]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -61,7 +61,6 @@ def load_twitter1(subset: str = "five", data_dir: Path | None = None) -> list[Tw
 # -- MVSA-Single (image + text, three-way polarity) ---------------------------------------------------
 
 
-
 @dataclass(frozen=True)
 class MvsaPost:
     """One MVSA-Single tweet: its image, its text and the CLMLF label (positive / neutral / negative)."""
@@ -104,15 +103,15 @@ def load_mvsa(data_dir: Path | None = None, split: str | None = None) -> list[Mv
             row = json.loads(line)
             if row["label"] not in POLARITY3:
                 raise ValueError(f"MVSA post {row['id']}: unknown label {row['label']!r}")
-            post = MvsaPost(str(row["id"]), row["split"], row["label"], row.get("text") or "",
-                            root / "images" / f"{row['id']}.jpg")
+            post = MvsaPost(
+                str(row["id"]), row["split"], row["label"], row.get("text") or "", root / "images" / f"{row['id']}.jpg"
+            )
             if split is None or post.split == split:
                 posts.append(post)
     return posts
 
 
 # -- Emotion6 (human emotion distributions) ------------------------------------------------------------
-
 
 
 @dataclass(frozen=True)
@@ -155,6 +154,14 @@ def load_emotion6(data_dir: Path | None = None) -> list[Emotion6Item]:
             if len(dist) != len(EMOTION6_LABELS):
                 raise ValueError(f"Emotion6 {name}: expected {len(EMOTION6_LABELS)} probabilities, got {len(dist)}")
             total = sum(dist)
-            items.append(Emotion6Item(name, root / "images" / name, name.split("/", 1)[0], float(valence),
-                                      float(arousal), tuple(p / total for p in dist)))
+            items.append(
+                Emotion6Item(
+                    name,
+                    root / "images" / name,
+                    name.split("/", 1)[0],
+                    float(valence),
+                    float(arousal),
+                    tuple(p / total for p in dist),
+                )
+            )
     return items

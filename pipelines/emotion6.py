@@ -43,12 +43,19 @@ class Emotion6Config:
 
 
 def new_head(in_dim: int, cfg: Emotion6Config) -> DistributionHead:
-    return DistributionHead(in_dim=in_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, num_labels=NUM_EMOTION6,
-                            use_prior=False)
+    return DistributionHead(
+        in_dim=in_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, num_labels=NUM_EMOTION6, use_prior=False
+    )
 
 
-def train_emotion6(head: DistributionHead, pooled: np.ndarray, pooled_flip: np.ndarray, targets: np.ndarray,
-                   cfg: Emotion6Config, rng: np.random.Generator) -> list[float]:
+def train_emotion6(
+    head: DistributionHead,
+    pooled: np.ndarray,
+    pooled_flip: np.ndarray,
+    targets: np.ndarray,
+    cfg: Emotion6Config,
+    rng: np.random.Generator,
+) -> list[float]:
     x, xf, t = (torch.as_tensor(np.asarray(a, np.float32)) for a in (pooled, pooled_flip, targets))
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
@@ -87,9 +94,15 @@ def mikels_as_emotion6(mikels: np.ndarray) -> np.ndarray:
     return np.asarray(mikels, np.float64) @ MIKELS_TO_EMOTION6.double().numpy()
 
 
-def cross_validate(pooled: np.ndarray, pooled_flip: np.ndarray, targets: np.ndarray, strata: np.ndarray,
-                   cfg: Emotion6Config = Emotion6Config(), folds: int = 10, progress=lambda msg: None
-                   ) -> tuple[dict[str, float], list[dict[str, float]], np.ndarray]:
+def cross_validate(
+    pooled: np.ndarray,
+    pooled_flip: np.ndarray,
+    targets: np.ndarray,
+    strata: np.ndarray,
+    cfg: Emotion6Config = Emotion6Config(),
+    folds: int = 10,
+    progress=lambda msg: None,
+) -> tuple[dict[str, float], list[dict[str, float]], np.ndarray]:
     """Pooled over every held-out image, per fold, and the out-of-fold predictions [N, 7]."""
     preds = np.zeros(targets.shape, np.float64)
     per_fold = []
@@ -97,8 +110,14 @@ def cross_validate(pooled: np.ndarray, pooled_flip: np.ndarray, targets: np.ndar
     for fold, (train_idx, test_idx) in enumerate(splitter.split(pooled, strata)):
         torch.manual_seed(cfg.seed + fold)
         head = new_head(pooled.shape[1], cfg)
-        train_emotion6(head, pooled[train_idx], pooled_flip[train_idx], targets[train_idx], cfg,
-                       np.random.default_rng(cfg.seed + fold))
+        train_emotion6(
+            head,
+            pooled[train_idx],
+            pooled_flip[train_idx],
+            targets[train_idx],
+            cfg,
+            np.random.default_rng(cfg.seed + fold),
+        )
         preds[test_idx] = predict(head, pooled[test_idx])
         per_fold.append(score(preds[test_idx], targets[test_idx]))
         progress(f"fold {fold}: KL {per_fold[-1]['kl']:.4f}, accuracy {per_fold[-1]['accuracy']:.4f}")

@@ -38,10 +38,11 @@ import os
 import shutil
 import string
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,8 +91,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "preferred_batch_sizes": (8, 16, 32),
         "queue_delay_us": 2000,
         "warmup_batch": 1,
-        "instances": {"backbone": ("KIND_CPU", 1), "retrieval": ("KIND_CPU", 1), "heads": ("KIND_CPU", 1),
-                      "regions": ("KIND_CPU", 1), FUSED: ("KIND_CPU", 1)},
+        "instances": {
+            "backbone": ("KIND_CPU", 1),
+            "retrieval": ("KIND_CPU", 1),
+            "heads": ("KIND_CPU", 1),
+            "regions": ("KIND_CPU", 1),
+            FUSED: ("KIND_CPU", 1),
+        },
         "torch_threads": {"backbone": 0, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 0},  # 0 = torch default
     },
     "gpu": {
@@ -99,8 +105,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "preferred_batch_sizes": (16, 32, 64),
         "queue_delay_us": 1000,
         "warmup_batch": 64,
-        "instances": {"backbone": ("KIND_GPU", 2), "retrieval": ("KIND_CPU", 2), "heads": ("KIND_GPU", 1),
-                      "regions": ("KIND_GPU", 1), FUSED: ("KIND_GPU", 2)},
+        "instances": {
+            "backbone": ("KIND_GPU", 2),
+            "retrieval": ("KIND_CPU", 2),
+            "heads": ("KIND_GPU", 1),
+            "regions": ("KIND_GPU", 1),
+            FUSED: ("KIND_GPU", 2),
+        },
         "torch_threads": {"backbone": 2, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 2},
     },
 }
@@ -121,8 +132,12 @@ class ExportResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "repo": str(self.repo), "kind": self.kind, "models": self.models, "versions": self.versions,
-            "contract": self.contract, "files": self.files,
+            "repo": str(self.repo),
+            "kind": self.kind,
+            "models": self.models,
+            "versions": self.versions,
+            "contract": self.contract,
+            "files": self.files,
         }
 
 
@@ -195,10 +210,12 @@ def export_repository(
         "retrieval_k": k,
         "max_regions": max_regions,
         "contract_parameters": _parameters(
-            {**{f"moodwatch.{key}": value for key, value in versions.items() if key != "backend"},
-             "moodwatch.resize_mode": backbone.resize_mode,
-             "moodwatch.export_kind": kind,
-             "moodwatch.exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            {
+                **{f"moodwatch.{key}": value for key, value in versions.items() if key != "backend"},
+                "moodwatch.resize_mode": backbone.resize_mode,
+                "moodwatch.export_kind": kind,
+                "moodwatch.exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
         ),
     }
 
@@ -213,8 +230,12 @@ def export_repository(
             if not (template / "config.pbtxt").is_file():
                 raise ExportError(f"no template for model {name!r} under {templates}")
             instance_kind, count = profile["instances"].get(name, ("KIND_CPU", 1))
-            values = {**common, "instance_kind": instance_kind, "instance_count": count,
-                      "torch_threads": profile["torch_threads"].get(name, 1)}
+            values = {
+                **common,
+                "instance_kind": instance_kind,
+                "instance_count": count,
+                "torch_threads": profile["torch_threads"].get(name, 1),
+            }
             model_dir = staging / name
             version_dir = model_dir / "1"
             version_dir.mkdir(parents=True)
@@ -226,10 +247,20 @@ def export_repository(
                 assets.write(asset, model_dir)
             files[name] = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
         result = ExportResult(out_repo, kind, list(selected), versions, contract, files)
-        (staging / "export.json").write_text(json.dumps(
-            {**result.to_json(), "analyzer": ANALYZER_VERSION, "image_encoder_spec": spec,
-             "heads_path": str(heads_file), "index_dir": str(Path(index_dir).resolve()),
-             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2) + "\n")
+        (staging / "export.json").write_text(
+            json.dumps(
+                {
+                    **result.to_json(),
+                    "analyzer": ANALYZER_VERSION,
+                    "image_encoder_spec": spec,
+                    "heads_path": str(heads_file),
+                    "index_dir": str(Path(index_dir).resolve()),
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         _swap_in(staging, out_repo)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -274,9 +305,13 @@ def _check_compatible(backbone: ImageBackbone, heads: MoodHeads, database: Sente
     cfg = heads.config
     problems = []
     if cfg.image_dim != backbone.feature_dim:
-        problems.append(f"heads expect {cfg.image_dim}-d image features, backbone {backbone.name} gives {backbone.feature_dim}")
+        problems.append(
+            f"heads expect {cfg.image_dim}-d image features, backbone {backbone.name} gives {backbone.feature_dim}"
+        )
     if cfg.text_dim != database.feature_dim:
-        problems.append(f"heads expect {cfg.text_dim}-d text features, index holds {database.feature_dim}-d ({database.text_encoder})")
+        problems.append(
+            f"heads expect {cfg.text_dim}-d text features, index holds {database.feature_dim}-d ({database.text_encoder})"
+        )
     if heads.aligner.out_dim != database.embedding_dim:
         problems.append(f"aligner embeds into {heads.aligner.out_dim}-d, index searches {database.embedding_dim}-d")
     if problems:
@@ -289,8 +324,15 @@ def _check_compatible(backbone: ImageBackbone, heads: MoodHeads, database: Sente
 class _Assets:
     """Writes each asset once (under the first model that needs it) and hard-links it elsewhere."""
 
-    def __init__(self, root: Path, heads_file: Path, database: SentenceDatabase, backbone: ImageBackbone,
-                 spec: str, max_regions: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        heads_file: Path,
+        database: SentenceDatabase,
+        backbone: ImageBackbone,
+        spec: str,
+        max_regions: int,
+    ) -> None:
         self.root, self.heads_file, self.database, self.backbone = root, heads_file, database, backbone
         self.spec, self.max_regions = spec, max_regions
         self._first: dict[str, Path] = {}
@@ -308,12 +350,23 @@ class _Assets:
             self.database.save(target / "index")
         elif asset == "backbone_spec":
             bb = self.backbone
-            (target / "backbone.json").write_text(json.dumps({
-                "spec": self.spec, "name": bb.name, "input_size": list(bb.input_size),
-                "spatial_size": list(bb.spatial_size), "stride_yx": list(bb.stride_yx),
-                "feature_dim": bb.feature_dim, "resize_mode": bb.resize_mode,
-                "mean": bb.pixel_mean.flatten().tolist(), "std": bb.pixel_std.flatten().tolist(),
-            }, indent=2) + "\n")
+            (target / "backbone.json").write_text(
+                json.dumps(
+                    {
+                        "spec": self.spec,
+                        "name": bb.name,
+                        "input_size": list(bb.input_size),
+                        "spatial_size": list(bb.spatial_size),
+                        "stride_yx": list(bb.stride_yx),
+                        "feature_dim": bb.feature_dim,
+                        "resize_mode": bb.resize_mode,
+                        "mean": bb.pixel_mean.flatten().tolist(),
+                        "std": bb.pixel_std.flatten().tolist(),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
         elif asset == "backbone_state":
             state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
             torch.save(state, target / "backbone.pt")
@@ -329,8 +382,11 @@ class _Assets:
     @staticmethod
     def _names(asset: str) -> list[str]:
         return {
-            "heads": ["heads.pt"], "index": ["index"], "backbone_spec": ["backbone.json"],
-            "backbone_state": ["backbone.pt"], "warmup": ["boxes", "box_count", "image_size"],
+            "heads": ["heads.pt"],
+            "index": ["index"],
+            "backbone_spec": ["backbone.json"],
+            "backbone_state": ["backbone.pt"],
+            "warmup": ["boxes", "box_count", "image_size"],
         }[asset]
 
 
@@ -369,8 +425,10 @@ def _render(template: Path, values: dict[str, Any]) -> str:
 
 
 def _parameters(values: dict[str, str]) -> str:
-    lines = [f"parameters {{ key: {json.dumps(k)} value: {{ string_value: {json.dumps(str(v), ensure_ascii=False)} }} }}"
-             for k, v in values.items()]
+    lines = [
+        f"parameters {{ key: {json.dumps(k)} value: {{ string_value: {json.dumps(str(v), ensure_ascii=False)} }} }}"
+        for k, v in values.items()
+    ]
     return "\n".join(lines)
 
 

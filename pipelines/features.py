@@ -53,9 +53,20 @@ class FeatureCache:
 
     def subset(self, idx: np.ndarray) -> FeatureCache:
         return FeatureCache(
-            [self.names[i] for i in idx], *(getattr(self, f)[idx] for f in (
-                "labels", "feat_maps", "pooled", "pooled_flip", "region_feats", "region_objectness",
-                "region_mask", "caption_emb"))
+            [self.names[i] for i in idx],
+            *(
+                getattr(self, f)[idx]
+                for f in (
+                    "labels",
+                    "feat_maps",
+                    "pooled",
+                    "pooled_flip",
+                    "region_feats",
+                    "region_objectness",
+                    "region_mask",
+                    "caption_emb",
+                )
+            ),
         )
 
     def save(self, path: Path) -> None:
@@ -73,8 +84,9 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
-def cache_key(items: Sequence[ImageItem], backbone: ImageBackbone, text_encoder: TextEncoder,
-              cfg: RegionSettings | None) -> str:
+def cache_key(
+    items: Sequence[ImageItem], backbone: ImageBackbone, text_encoder: TextEncoder, cfg: RegionSettings | None
+) -> str:
     regions = f"{cfg}|{MAX_REGIONS}" if cfg is not None else "no-regions"
     digest = hashlib.sha256(f"{backbone.name}|{text_encoder.name}|{regions}".encode())
     for item in items:
@@ -129,15 +141,27 @@ def build_cache(
     if has:
         caption_emb[has] = text_encoder.encode([captions[i] for i in has], batch_size=32)
     return FeatureCache(
-        names=[it.name for it in items], labels=np.array([it.label for it in items]), feat_maps=feat_maps,
-        pooled=pooled, pooled_flip=pooled_flip, region_feats=region_feats, region_objectness=region_obj,
-        region_mask=region_mask, caption_emb=caption_emb,
+        names=[it.name for it in items],
+        labels=np.array([it.label for it in items]),
+        feat_maps=feat_maps,
+        pooled=pooled,
+        pooled_flip=pooled_flip,
+        region_feats=region_feats,
+        region_objectness=region_obj,
+        region_mask=region_mask,
+        caption_emb=caption_emb,
     )
 
 
 def cached_features(
-    items: Sequence[ImageItem], backbone: ImageBackbone, text_encoder: TextEncoder, cache_dir: Path,
-    cfg: RegionSettings = RegionSettings(), progress: bool = True, regions: bool = True, prefix: str = "twitter1",
+    items: Sequence[ImageItem],
+    backbone: ImageBackbone,
+    text_encoder: TextEncoder,
+    cache_dir: Path,
+    cfg: RegionSettings = RegionSettings(),
+    progress: bool = True,
+    regions: bool = True,
+    prefix: str = "twitter1",
 ) -> FeatureCache:
     """Load or build the cache; `regions=False` skips the (slow) proposals, leaving no region candidates."""
     path = Path(cache_dir) / f"{prefix}-{cache_key(items, backbone, text_encoder, cfg if regions else None)}.npz"

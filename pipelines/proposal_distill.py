@@ -43,8 +43,9 @@ def _flip(fmap: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.
     return fmap.flip(-1), flipped
 
 
-def train_proposer(train: TeacherCache, epochs: int = 40, batch_size: int = 32, lr: float = 2e-3,
-                   seed: int = 0) -> LearnedProposer:
+def train_proposer(
+    train: TeacherCache, epochs: int = 40, batch_size: int = 32, lr: float = 2e-3, seed: int = 0
+) -> LearnedProposer:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = LearnedProposer(train.feat_maps.shape[1], tuple(train.feat_maps.shape[2:]))
@@ -73,8 +74,9 @@ def train_proposer(train: TeacherCache, epochs: int = 40, batch_size: int = 32, 
     return model.eval()
 
 
-def teacher_recall(proposer: LearnedProposer, heads: MoodHeads, test: TeacherCache, iou: float = 0.5,
-                   top_k: int = 8) -> dict[str, float]:
+def teacher_recall(
+    proposer: LearnedProposer, heads: MoodHeads, test: TeacherCache, iou: float = 0.5, top_k: int = 8
+) -> dict[str, float]:
     """Recall of the teacher's top-8 at ``iou`` by the learned top-8 and by all learned candidates."""
     with torch.inference_mode():
         fmap = torch.as_tensor(test.feat_maps).float()
@@ -93,9 +95,13 @@ def save_proposer(model: LearnedProposer, path: Path, card: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() for k, v in model.head.state_dict().items()}
     torch.save({"config": model.config, "state_dict": state, "card": card}, path)
-    lines = ["# moodwatch learned region proposals — model card", "",
-             "An objectness + box head on EfficientNet-Lite0's 7x7x1280 map (models/proposals.py), fp16 weights, "
-             "distilled from selective search (`python -m pipelines.proposal_distill`).", ""]
+    lines = [
+        "# moodwatch learned region proposals — model card",
+        "",
+        "An objectness + box head on EfficientNet-Lite0's 7x7x1280 map (models/proposals.py), fp16 weights, "
+        "distilled from selective search (`python -m pipelines.proposal_distill`).",
+        "",
+    ]
     lines += [f"- **{k}**: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in card.items()]
     lines += ["- **config**: " + json.dumps(model.config)]
     (path.parent / "PROPOSALS_MODEL_CARD.md").write_text("\n".join(lines) + "\n")
@@ -121,9 +127,11 @@ def main() -> None:
     heads, _ = load_heads(args.heads)
     recall = teacher_recall(model, heads, test)
     card = {
-        "created_at": datetime.now(UTC).isoformat(), "seed": args.seed, "epochs": args.epochs,
+        "created_at": datetime.now(UTC).isoformat(),
+        "seed": args.seed,
+        "epochs": args.epochs,
         "teacher": "OpenCV selective search (fast, 200 px) -> filters -> spectral clusters (m=50) -> AR top-8 of "
-                   "the shipped heads (models/weights/heads.pt)",
+        "the shipped heads (models/weights/heads.pt)",
         "data": f"twitter1-dev three-agree images: {len(train.names)} train, {len(test.names)} held out",
         "held_out": recall,
     }

@@ -35,8 +35,9 @@ def image_sizes(paths: Sequence[Path]) -> np.ndarray:
     return np.asarray(sizes, dtype=np.int64)
 
 
-def learned_region_cache(cache: FeatureCache, proposer: LearnedProposer, sizes: np.ndarray,
-                         batch_size: int = 64) -> FeatureCache:
+def learned_region_cache(
+    cache: FeatureCache, proposer: LearnedProposer, sizes: np.ndarray, batch_size: int = 64
+) -> FeatureCache:
     """The cache with its region candidates replaced by the learned proposer's (top ``MAX_REGIONS``)."""
     n = len(cache.names)
     feats = np.zeros((n, MAX_REGIONS, cache.feat_maps.shape[1]), np.float16)
@@ -54,8 +55,9 @@ def learned_region_cache(cache: FeatureCache, proposer: LearnedProposer, sizes: 
     return replace(cache, region_feats=feats, region_objectness=objectness, region_mask=mask)
 
 
-def seed_eval_cache(teacher: TeacherCache, items: Sequence[Any], backbone: ImageBackbone,
-                    text_encoder: TextEncoder, cache_dir: Path) -> Path:
+def seed_eval_cache(
+    teacher: TeacherCache, items: Sequence[Any], backbone: ImageBackbone, text_encoder: TextEncoder, cache_dir: Path
+) -> Path:
     """Write the selective-search feature cache that ``moodwatch eval twitter1`` reads, from the teacher cache."""
     index = {name: i for i, name in enumerate(teacher.names)}
     idx = np.array([index[item.name] for item in items])
@@ -66,9 +68,15 @@ def seed_eval_cache(teacher: TeacherCache, items: Sequence[Any], backbone: Image
     if has:
         caption_emb[has] = text_encoder.encode([captions[i] for i in has], batch_size=32)
     cache = FeatureCache(
-        names=[item.name for item in items], labels=np.array([item.label for item in items]),
-        feat_maps=t.feat_maps, pooled=t.pooled, pooled_flip=t.pooled_flip, region_feats=t.candidate_feats,
-        region_objectness=t.candidate_objectness, region_mask=t.candidate_mask, caption_emb=caption_emb,
+        names=[item.name for item in items],
+        labels=np.array([item.label for item in items]),
+        feat_maps=t.feat_maps,
+        pooled=t.pooled,
+        pooled_flip=t.pooled_flip,
+        region_feats=t.candidate_feats,
+        region_objectness=t.candidate_objectness,
+        region_mask=t.candidate_mask,
+        caption_emb=caption_emb,
     )
     path = Path(cache_dir) / f"twitter1-{cache_key(items, backbone, text_encoder, RegionSettings())}.npz"
     cache.save(path)

@@ -51,21 +51,38 @@ class TeacherCache:
             return cls(names=[str(n) for n in z["names"]], **{k: z[k] for k in z.files if k != "names"})
 
     def subset(self, idx: np.ndarray) -> TeacherCache:
-        fields = ("sizes", "feat_maps", "top_boxes", "top_mask", "candidate_boxes", "candidate_mask",
-                  "candidate_objectness", "candidate_feats", "pooled", "pooled_flip")
+        fields = (
+            "sizes",
+            "feat_maps",
+            "top_boxes",
+            "top_mask",
+            "candidate_boxes",
+            "candidate_mask",
+            "candidate_objectness",
+            "candidate_feats",
+            "pooled",
+            "pooled_flip",
+        )
         return TeacherCache([self.names[i] for i in idx], *(getattr(self, f)[idx] for f in fields))
 
 
-def build_teacher(paths: list[Path], backbone: ImageBackbone, heads: MoodHeads, batch_size: int = 16,
-                  threads: int = 2) -> TeacherCache:
+def build_teacher(
+    paths: list[Path], backbone: ImageBackbone, heads: MoodHeads, batch_size: int = 16, threads: int = 2
+) -> TeacherCache:
     options = AnalyzerOptions(region=RegionSettings())
     n, (h, w) = len(paths), backbone.spatial_size
     out = TeacherCache(
-        [p.name for p in paths], np.zeros((n, 2), np.int32), np.zeros((n, backbone.feature_dim, h, w), np.float16),
-        np.zeros((n, TOP_K, 4), np.float32), np.zeros((n, TOP_K), bool),
-        np.zeros((n, MAX_CANDIDATES, 4), np.float32), np.zeros((n, MAX_CANDIDATES), bool),
-        np.zeros((n, MAX_CANDIDATES), np.float32), np.zeros((n, MAX_CANDIDATES, backbone.feature_dim), np.float16),
-        np.zeros((n, backbone.feature_dim), np.float32), np.zeros((n, backbone.feature_dim), np.float32),
+        [p.name for p in paths],
+        np.zeros((n, 2), np.int32),
+        np.zeros((n, backbone.feature_dim, h, w), np.float16),
+        np.zeros((n, TOP_K, 4), np.float32),
+        np.zeros((n, TOP_K), bool),
+        np.zeros((n, MAX_CANDIDATES, 4), np.float32),
+        np.zeros((n, MAX_CANDIDATES), bool),
+        np.zeros((n, MAX_CANDIDATES), np.float32),
+        np.zeros((n, MAX_CANDIDATES, backbone.feature_dim), np.float16),
+        np.zeros((n, backbone.feature_dim), np.float32),
+        np.zeros((n, backbone.feature_dim), np.float32),
     )
     with ThreadPoolExecutor(threads) as pool, torch.inference_mode(), tqdm(total=n, desc="teacher", unit="img") as bar:
         for start in range(0, n, batch_size):
@@ -104,7 +121,8 @@ if __name__ == "__main__":
     from pipelines.datasets import load_twitter1
 
     items = load_twitter1("three", args.data)
-    teacher = build_teacher([it.path for it in items], load_image_backbone("efficientnet-lite0", "cpu"),
-                            load_heads(args.heads)[0])
+    teacher = build_teacher(
+        [it.path for it in items], load_image_backbone("efficientnet-lite0", "cpu"), load_heads(args.heads)[0]
+    )
     teacher.save(args.out)
     print(f"wrote {args.out}: {len(items)} images")

@@ -72,8 +72,15 @@ class TopRegions:
     mask: torch.Tensor  # [B, K] bool
 
 
-def learned_top_regions(heads: MoodHeads, feat_map: torch.Tensor, boxes: torch.Tensor, objectness: torch.Tensor,
-                        mask: torch.Tensor, top_k: int = 8, alpha: float = 0.6) -> TopRegions:
+def learned_top_regions(
+    heads: MoodHeads,
+    feat_map: torch.Tensor,
+    boxes: torch.Tensor,
+    objectness: torch.Tensor,
+    mask: torch.Tensor,
+    top_k: int = 8,
+    alpha: float = 0.6,
+) -> TopRegions:
     """Batched RoI-align -> region distributions -> senti / AR -> top-K, for [B, R] candidates."""
     b, r = boxes.shape[:2]
     feats = batched_roi_features(feat_map, boxes.to(feat_map.dtype))  # [B, R, C]
@@ -104,7 +111,7 @@ def top_regions_as_candidates(
 
 
 def proposer_version(proposer: LearnedProposer) -> str:
-    """"learned@<12 hex>": a digest of the head's weights, recorded with every result."""
+    """ "learned@<12 hex>": a digest of the head's weights, recorded with every result."""
     import hashlib
 
     digest = hashlib.sha256()

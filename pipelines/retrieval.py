@@ -101,7 +101,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -223,7 +223,7 @@ class Sentence:
         return {"text": self.text, "emotion": self.emotion, "source": self.source}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Sentence":
+    def from_json(cls, obj: dict[str, Any]) -> Sentence:
         return cls(text=str(obj["text"]), emotion=str(obj["emotion"]), source=str(obj.get("source", "")))
 
 
@@ -320,7 +320,9 @@ def load_seed_sentences(path: str | Path | None = None) -> list[Sentence]:
     return out
 
 
-def load_goemotions(data_dir: str | Path | None = None, splits: Sequence[str] = ("train", "dev", "test")) -> list[Sentence]:
+def load_goemotions(
+    data_dir: str | Path | None = None, splits: Sequence[str] = ("train", "dev", "test")
+) -> list[Sentence]:
     g = _text_dir(data_dir if data_dir is not None else default_data_dir()) / "goemotions"
     names = [ln.strip() for ln in (g / "labels.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
     out = []
@@ -510,13 +512,18 @@ class Retrieval:
 
     def evidence(self) -> list[list[Evidence]]:
         return [
-            [Evidence(text=s.text, emotion=s.emotion, similarity=float(sc), source=s.source) for s, sc in zip(row, scores)]
+            [
+                Evidence(text=s.text, emotion=s.emotion, similarity=float(sc), source=s.source)
+                for s, sc in zip(row, scores)
+            ]
             for row, scores in zip(self.sentences, self.scores)
         ]
 
 
 def _sentences_blob(sentences: Sequence[Sentence]) -> bytes:
-    return "".join(json.dumps(s.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for s in sentences).encode("utf-8")
+    return "".join(json.dumps(s.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for s in sentences).encode(
+        "utf-8"
+    )
 
 
 def source_hash(sentences: Sequence[Sentence], text_encoder: str, embedding_encoder: str, index_type: str) -> str:
@@ -576,14 +583,16 @@ class SentenceDatabase:
         if index is None:
             index, index_params = build_faiss_index(self.embeddings, index_type)
         elif index.ntotal != n or index.d != self.embeddings.shape[1]:
-            raise IndexMismatchError(f"index holds {index.ntotal} x {index.d}, database has {n} x {self.embeddings.shape[1]}")
+            raise IndexMismatchError(
+                f"index holds {index.ntotal} x {index.d}, database has {n} x {self.embeddings.shape[1]}"
+            )
         self.index_params: dict[str, Any] = dict(index_params or {})
         _apply_search_params(index, index_type, self.index_params)
         self.cpu_index: faiss.Index = index
         self.search_index: faiss.Index = index
         self._gpu_resources: Any = None
         self.on_gpu = False
-        self.created_at = created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
         self._version: str | None = None
         if device is not None:
             self.to(device)
@@ -624,7 +633,7 @@ class SentenceDatabase:
         return dict(sorted(Counter(s.source for s in self.sentences).items()))
 
     # -- device -------------------------------------------------------------------------------
-    def to(self, device: str | None) -> "SentenceDatabase":
+    def to(self, device: str | None) -> SentenceDatabase:
         """Search on a GPU when asked for ``cuda[:n]`` and faiss has GPU support; else stay on CPU
         (logged, not an error)."""
         dev = str(device or "cpu")
@@ -639,11 +648,17 @@ class SentenceDatabase:
             self._gpu_resources = faiss.StandardGpuResources()
             self.search_index = faiss.index_cpu_to_gpu(self._gpu_resources, gpu_no, self.cpu_index)
             if self.index_type == "ivf" and "nprobe" in self.index_params:
-                faiss.GpuParameterSpace().set_index_parameter(self.search_index, "nprobe", int(self.index_params["nprobe"]))
+                faiss.GpuParameterSpace().set_index_parameter(
+                    self.search_index, "nprobe", int(self.index_params["nprobe"])
+                )
             self.on_gpu = True
         except Exception as exc:  # noqa: BLE001 - e.g. HNSW has no GPU implementation
-            log.info("retrieval index could not move to the GPU, staying on CPU",
-                     index_type=self.index_type, device=dev, error=str(exc))
+            log.info(
+                "retrieval index could not move to the GPU, staying on CPU",
+                index_type=self.index_type,
+                device=dev,
+                error=str(exc),
+            )
             self.search_index, self.on_gpu = self.cpu_index, False
         return self
 
@@ -654,7 +669,11 @@ class SentenceDatabase:
         ``k`` is capped at the database size. An approximate index that returns fewer than k hits
         for a row (id -1) has that row answered exactly instead.
         """
-        q = query_emb.detach().float().cpu().numpy() if hasattr(query_emb, "detach") else np.asarray(query_emb, dtype=np.float32)
+        q = (
+            query_emb.detach().float().cpu().numpy()
+            if hasattr(query_emb, "detach")
+            else np.asarray(query_emb, dtype=np.float32)
+        )
         if q.ndim == 1:
             q = q[None, :]
         if q.shape[1] != self.embedding_dim:
@@ -684,7 +703,9 @@ class SentenceDatabase:
         return self.emotion_ids[np.atleast_2d(ids)]
 
     def evidence(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Evidence]]:
-        return Retrieval(scores, ids, self.features_for(ids), self.emotions_for(ids), self.sentences_for(ids)).evidence()
+        return Retrieval(
+            scores, ids, self.features_for(ids), self.emotions_for(ids), self.sentences_for(ids)
+        ).evidence()
 
     def retrieve(self, query_emb: Any, k: int = 3) -> Retrieval:
         scores, ids = self.search(query_emb, k)
@@ -702,7 +723,7 @@ class SentenceDatabase:
         batch_size: int = 64,
         progress: bool = False,
         device: str | None = None,
-    ) -> "SentenceDatabase":
+    ) -> SentenceDatabase:
         texts = [s.text for s in sentences]
         features = _encode(text_encoder, texts, batch_size, progress, "text features")
         if embedding_encoder is None or embedding_encoder is text_encoder:
@@ -712,11 +733,20 @@ class SentenceDatabase:
             emb_name = embedding_encoder.name
         t0 = time.perf_counter()
         db = cls(
-            sentences, features, embeddings, text_encoder=text_encoder.name, embedding_encoder=emb_name,
-            index_type=index_type, device=device,
+            sentences,
+            features,
+            embeddings,
+            text_encoder=text_encoder.name,
+            embedding_encoder=emb_name,
+            index_type=index_type,
+            device=device,
         )
-        log.info("built retrieval index", index_type=index_type, sentences=len(db),
-                 seconds=round(time.perf_counter() - t0, 2))
+        log.info(
+            "built retrieval index",
+            index_type=index_type,
+            sentences=len(db),
+            seconds=round(time.perf_counter() - t0, 2),
+        )
         return db
 
     # -- persistence --------------------------------------------------------------------------
@@ -734,7 +764,11 @@ class SentenceDatabase:
             "created_at": self.created_at,
             "count": len(self),
             "text_encoder": {"name": self.text_encoder, "dim": self.feature_dim},
-            "embedding_encoder": {"name": self.embedding_encoder, "dim": self.embedding_dim, "shared_with_features": self.shared_embeddings},
+            "embedding_encoder": {
+                "name": self.embedding_encoder,
+                "dim": self.embedding_dim,
+                "shared_with_features": self.shared_embeddings,
+            },
             "index": {"type": self.index_type, "metric": "inner_product", "params": self.index_params},
             "emotions": self.emotion_counts(),
             "sources": self.source_counts(),
@@ -763,12 +797,16 @@ class SentenceDatabase:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> "SentenceDatabase":
+    def load(cls, directory: str | Path, device: str | None = None) -> SentenceDatabase:
         d = Path(directory)
         m = read_manifest(d)
         files = m.get("files", {})
         try:
-            sentences = [Sentence.from_json(json.loads(ln)) for ln in (d / files.get("sentences", "sentences.jsonl")).read_text(encoding="utf-8").splitlines() if ln.strip()]
+            sentences = [
+                Sentence.from_json(json.loads(ln))
+                for ln in (d / files.get("sentences", "sentences.jsonl")).read_text(encoding="utf-8").splitlines()
+                if ln.strip()
+            ]
             features = np.load(d / files.get("features", "features.npy"))
             shared = m["embedding_encoder"].get("shared_with_features", False)
             embeddings = features if shared else np.load(d / files.get("embeddings", "embeddings.npy"))
@@ -776,28 +814,41 @@ class SentenceDatabase:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise IndexMismatchError(f"index folder {d} is incomplete or damaged: {exc}") from exc
         if len(sentences) != m["count"] or features.shape != (m["count"], m["text_encoder"]["dim"]):
-            raise IndexMismatchError(f"index folder {d}: manifest says {m['count']} x {m['text_encoder']['dim']}, files hold {len(sentences)} sentences, features {features.shape}")
+            raise IndexMismatchError(
+                f"index folder {d}: manifest says {m['count']} x {m['text_encoder']['dim']}, files hold {len(sentences)} sentences, features {features.shape}"
+            )
         db = cls(
-            sentences, features, embeddings,
-            text_encoder=m["text_encoder"]["name"], embedding_encoder=m["embedding_encoder"]["name"],
-            index_type=m["index"]["type"], index=index, index_params=m["index"].get("params", {}),
+            sentences,
+            features,
+            embeddings,
+            text_encoder=m["text_encoder"]["name"],
+            embedding_encoder=m["embedding_encoder"]["name"],
+            index_type=m["index"]["type"],
+            index=index,
+            index_params=m["index"].get("params", {}),
             created_at=m.get("created_at"),
         )
         if db.version != m.get("version"):
-            raise IndexMismatchError(f"index folder {d}: content hash {db.version} != manifest version {m.get('version')}")
+            raise IndexMismatchError(
+                f"index folder {d}: content hash {db.version} != manifest version {m.get('version')}"
+            )
         return db.to(device) if device is not None else db
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     p = Path(directory) / "manifest.json"
     if not p.is_file():
-        raise IndexMismatchError(f"no retrieval index at {Path(directory)} (manifest.json missing); build one with `moodwatch index build`")
+        raise IndexMismatchError(
+            f"no retrieval index at {Path(directory)} (manifest.json missing); build one with `moodwatch index build`"
+        )
     try:
         m = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise IndexMismatchError(f"{p}: not valid JSON: {exc}") from exc
     if m.get("format_version") != FORMAT_VERSION:
-        raise IndexMismatchError(f"{p}: format_version {m.get('format_version')} != {FORMAT_VERSION}; rebuild the index")
+        raise IndexMismatchError(
+            f"{p}: format_version {m.get('format_version')} != {FORMAT_VERSION}; rebuild the index"
+        )
     return m
 
 
@@ -865,8 +916,13 @@ def build_database(
     if not sentences:
         raise ValueError(f"no sentences from corpora {corpora}")
     db = SentenceDatabase.from_sentences(
-        sentences, text_encoder, embedding_encoder=embedding_encoder, index_type=index_type,
-        batch_size=batch_size, progress=progress, device=device,
+        sentences,
+        text_encoder,
+        embedding_encoder=embedding_encoder,
+        index_type=index_type,
+        batch_size=batch_size,
+        progress=progress,
+        device=device,
     )
     if out_dir is not None:
         db.save(out_dir)

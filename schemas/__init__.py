@@ -15,7 +15,20 @@ from schemas.results import (
 )
 
 __all__ = [
-    "MIKELS_EMOTIONS", "NEGATIVE_EMOTIONS", "POSITIVE_EMOTIONS", "ImageRef", "PostError", "PostV1", "parse_post",
-    "AlertV1", "AnalysisResultV1", "EmotionDistribution", "Evidence", "ImageAnalysis", "ModelVersions",
-    "PolarityProbs", "Region", "StageTimings",
+    "MIKELS_EMOTIONS",
+    "NEGATIVE_EMOTIONS",
+    "POSITIVE_EMOTIONS",
+    "ImageRef",
+    "PostError",
+    "PostV1",
+    "parse_post",
+    "AlertV1",
+    "AnalysisResultV1",
+    "EmotionDistribution",
+    "Evidence",
+    "ImageAnalysis",
+    "ModelVersions",
+    "PolarityProbs",
+    "Region",
+    "StageTimings",
 ]

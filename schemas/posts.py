@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
 
 SUPPORTED_POST_VERSIONS = (1,)
 
@@ -28,7 +28,7 @@ class ImageRef(StrictModel):
     path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ImageRef":
+    def _exactly_one(self) -> ImageRef:
         given = [name for name in ("url", "b64", "path") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"image needs exactly one of url, b64, path (got {given or 'none'})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from PIL import Image
@@ -31,7 +31,7 @@ from schemas.results import (
     StageTimings,
 )
 
-T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 MODEL_VERSIONS = ModelVersions(
     analyzer="moodwatch-test",
@@ -194,7 +194,9 @@ def make_result(
     return AnalysisResultV1(**fields)
 
 
-def make_results(n: int, *, prefix: str = "post", channels: int = 4, start: datetime | None = None, **kw: Any) -> list[AnalysisResultV1]:
+def make_results(
+    n: int, *, prefix: str = "post", channels: int = 4, start: datetime | None = None, **kw: Any
+) -> list[AnalysisResultV1]:
     """n results with ids PREFIX-00000.., round-robin channels, one second apart, negative score
     cycling through 0.05..0.95."""
     start = start or T0

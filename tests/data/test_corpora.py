@@ -17,7 +17,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("MOODWATCH_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data")
 
 if not (DATA_DIR / "text").is_dir():
-    pytest.skip(f"shared data not found at {DATA_DIR} (set MOODWATCH_DATA_DIR to the folder holding text/)", allow_module_level=True)
+    pytest.skip(
+        f"shared data not found at {DATA_DIR} (set MOODWATCH_DATA_DIR to the folder holding text/)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture(scope="module")

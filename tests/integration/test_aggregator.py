@@ -325,6 +325,7 @@ def test_restart_before_the_spike_with_several_partitions(tansu, setup):
         agg.stop()
     check_one_alert(settings, hook)
     check_copartitioned(settings)
+
     def value(name: str) -> float:
         return metric_value(metrics, name)
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import CollectorRegistry
 
 from tests.factories import tiny_png_b64
 from tests.support.tiny import tiny_analyzer
 from workers.adapters.elastic import make_es_client
-from prometheus_client import CollectorRegistry
-
 from workers.analyzer.metrics import WorkerMetrics
 from workers.analyzer.wiring import build_worker
 from workers.devstack.sample_posts import poison_posts
@@ -31,9 +30,16 @@ def worker_settings(local_stack, fresh_topics, unique_group_id):
     topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=2)
     index = f"results-{uuid.uuid4().hex[:8]}"
     return local_stack.settings(
-        posts_topic=topics["posts"], results_topic=topics["post-sentiment"], dlq_topic=topics["posts.dlq"],
-        consumer_group=unique_group_id, es_results_index=index, es_alerts_index=f"alerts-{index}",
-        kafka_session_timeout_ms=6000, batch_max_posts=64, batch_max_wait_ms=200, metrics_port=0,
+        posts_topic=topics["posts"],
+        results_topic=topics["post-sentiment"],
+        dlq_topic=topics["posts.dlq"],
+        consumer_group=unique_group_id,
+        es_results_index=index,
+        es_alerts_index=f"alerts-{index}",
+        kafka_session_timeout_ms=6000,
+        batch_max_posts=64,
+        batch_max_wait_ms=200,
+        metrics_port=0,
     )
 
 
@@ -53,10 +59,16 @@ def valid_posts(n: int, prefix: str = "p") -> list[tuple[str, bytes]]:
 def _post(post_id: str, i: int, image: dict) -> bytes:
     import json
 
-    return json.dumps({
-        "schema_version": 1, "post_id": post_id, "author_id": f"a{i % 7}", "channel": f"c{i % 3}",
-        "created_at": "2026-11-01T12:00:00+00:00", "image": image,
-    }).encode()
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "post_id": post_id,
+            "author_id": f"a{i % 7}",
+            "channel": f"c{i % 3}",
+            "created_at": "2026-11-01T12:00:00+00:00",
+            "image": image,
+        }
+    ).encode()
 
 
 def stored_ids(settings) -> list[str]:
@@ -75,8 +87,13 @@ def stored_ids(settings) -> list[str]:
 
 
 def read_topic(settings, topic: str, expected: int, timeout_s: float = 30.0) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     records, waited = [], 0.0
     try:
         while len(records) < expected and waited < timeout_s:
@@ -91,8 +108,12 @@ def read_topic(settings, topic: str, expected: int, timeout_s: float = 30.0) -> 
 
 
 def run_in_thread(settings, idle_exit_s: float = 6.0):
-    worker = build_worker(settings, analyzer=tiny_analyzer(regions=False), create_topics=False,
-                          metrics=WorkerMetrics.create(CollectorRegistry()))
+    worker = build_worker(
+        settings,
+        analyzer=tiny_analyzer(regions=False),
+        create_topics=False,
+        metrics=WorkerMetrics.create(CollectorRegistry()),
+    )
     thread = threading.Thread(target=worker.run, kwargs={"idle_exit_s": idle_exit_s}, daemon=True)
     thread.start()
     return worker, thread
@@ -120,10 +141,15 @@ def test_poison_posts_are_dead_lettered_with_headers_and_the_stream_flows(worker
     dlq = read_topic(worker_settings, worker_settings.dlq_topic, len(poison))
     assert len(dlq) == len(poison)
     by_key = {r.key.decode(): {k: v.decode() for k, v in r.headers} for r in dlq}
-    expected = {"poison-json": ("MalformedPost", "validate"), "poison-missing": ("InvalidPost", "validate"),
-                "poison-version": ("UnknownSchemaVersion", "validate"), "poison-bytes": ("UnsupportedFormat", "decode"),
-                "poison-bomb": ("TooManyPixels", "decode"), "poison-url": ("BlockedURL", "fetch"),
-                "poison-key": ("KeyMismatch", "validate")}
+    expected = {
+        "poison-json": ("MalformedPost", "validate"),
+        "poison-missing": ("InvalidPost", "validate"),
+        "poison-version": ("UnknownSchemaVersion", "validate"),
+        "poison-bytes": ("UnsupportedFormat", "decode"),
+        "poison-bomb": ("TooManyPixels", "decode"),
+        "poison-url": ("BlockedURL", "fetch"),
+        "poison-key": ("KeyMismatch", "validate"),
+    }
     for key, (error, stage) in expected.items():
         headers = by_key[key]
         assert headers["error.class"] == error and headers["stage"] == stage, headers
@@ -138,7 +164,9 @@ def _env(settings) -> dict[str, str]:
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
         if value is not None and not isinstance(value, (dict, list)):
-            env[f"MOODWATCH_{name.upper()}"] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+            env[f"MOODWATCH_{name.upper()}"] = str(
+                value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            )
     env["PYTHONPATH"] = str(ROOT)
     return env
 
@@ -146,13 +174,19 @@ def _env(settings) -> dict[str, str]:
 def test_worker_killed_between_store_and_commit_loses_and_duplicates_nothing(worker_settings):
     produce(worker_settings, valid_posts(1000))
     env = _env(worker_settings)
-    crashed = subprocess.run([sys.executable, "-m", "tests.support.tiny_worker"], cwd=ROOT,
-                             env=env | {"MOODWATCH_TEST_KILL_AFTER_STORES": "3"}, capture_output=True, timeout=300)
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.support.tiny_worker"],
+        cwd=ROOT,
+        env=env | {"MOODWATCH_TEST_KILL_AFTER_STORES": "3"},
+        capture_output=True,
+        timeout=300,
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     partial = stored_ids(worker_settings)
     assert 0 < len(partial) < 1000, "the kill should leave the stream half done"
-    finished = subprocess.run([sys.executable, "-m", "tests.support.tiny_worker"], cwd=ROOT, env=env,
-                              capture_output=True, timeout=600)
+    finished = subprocess.run(
+        [sys.executable, "-m", "tests.support.tiny_worker"], cwd=ROOT, env=env, capture_output=True, timeout=600
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     ids = stored_ids(worker_settings)
     assert len(ids) == 1000 and len(set(ids)) == 1000
@@ -169,7 +203,9 @@ def test_a_reused_post_id_is_dead_lettered_as_a_conflict_and_never_overwrites(wo
     produce(worker_settings, [("shared-1", original)])
     _, thread = run_in_thread(worker_settings)
     thread.join(timeout=120)
-    produce(worker_settings, [("shared-1", original), ("shared-1", intruder), ("shared-2", first), ("shared-2", second)])
+    produce(
+        worker_settings, [("shared-1", original), ("shared-1", intruder), ("shared-2", first), ("shared-2", second)]
+    )
     _, thread = run_in_thread(worker_settings)
     thread.join(timeout=120)
     assert not thread.is_alive()

@@ -51,7 +51,9 @@ def seed_results(image_root: Path, outside: Path) -> list:
     # three special ones, newest of all: outside the root, a URL, a traversal attempt
     last = T0 + timedelta(hours=3)
     results.append(make_result("outside", channel="art", negative=0.9, created_at=last, image_ref=f"file:{outside}"))
-    results.append(make_result("remote", channel="art", negative=0.9, created_at=last, image_ref="https://example.org/x.png"))
+    results.append(
+        make_result("remote", channel="art", negative=0.9, created_at=last, image_ref="https://example.org/x.png")
+    )
     results.append(make_result("sneaky", channel="art", negative=0.9, created_at=last,
                                image_ref=f"file:{image_root}/../outside.png"))  # fmt: skip
     return results

@@ -34,7 +34,9 @@ def store(noida):
     install_templates(es, cfg)
     now = datetime.now(UTC)
     real = [
-        make_result(f"real-{i}", channel=f"ch-{i % 3}", negative=0.1 + 0.03 * i, created_at=now - timedelta(minutes=10 - i / 3))
+        make_result(
+            f"real-{i}", channel=f"ch-{i % 3}", negative=0.1 + 0.03 * i, created_at=now - timedelta(minutes=10 - i / 3)
+        )
         for i in range(REAL_POSTS)
     ]
     sink = ResultSink(es, cfg, refresh="wait_for")

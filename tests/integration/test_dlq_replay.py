@@ -9,14 +9,26 @@ from workers.cli import app
 
 
 def _dead_letter(producer, topic, key, stage, error_class, offset):
-    headers = [("error.class", error_class.encode()), ("error.message", b"boom"), ("stage", stage.encode()),
-               ("original.topic", b""), ("original.partition", b"0"), ("original.offset", str(offset).encode())]
+    headers = [
+        ("error.class", error_class.encode()),
+        ("error.message", b"boom"),
+        ("stage", stage.encode()),
+        ("original.topic", b""),
+        ("original.partition", b"0"),
+        ("original.offset", str(offset).encode()),
+    ]
     producer.send(topic, key=key.encode(), value=f'{{"post": "{key}"}}'.encode(), headers=headers)
 
 
 def _read_all(bootstrap, topic):
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=3000,
+    )
     try:
         return list(consumer)
     finally:
@@ -26,12 +38,18 @@ def _read_all(bootstrap, topic):
 def test_replay_filters_by_stage_and_resumes(tansu, fresh_topics, monkeypatch):
     topics = fresh_topics("posts", "posts.dlq")
     producer = KafkaProducer(bootstrap_servers=tansu.bootstrap)
-    for i, (stage, error) in enumerate([("fetch", "FetchFailed"), ("validate", "InvalidPost"), ("fetch", "FetchTimeout")]):
+    for i, (stage, error) in enumerate(
+        [("fetch", "FetchFailed"), ("validate", "InvalidPost"), ("fetch", "FetchTimeout")]
+    ):
         _dead_letter(producer, topics["posts.dlq"], f"post-{i}", stage, error, i)
     producer.flush()
     producer.close()
-    for name, value in {"KAFKA_BOOTSTRAP": tansu.bootstrap, "POSTS_TOPIC": topics["posts"],
-                        "DLQ_TOPIC": topics["posts.dlq"], "KAFKA_SESSION_TIMEOUT_MS": "6000"}.items():
+    for name, value in {
+        "KAFKA_BOOTSTRAP": tansu.bootstrap,
+        "POSTS_TOPIC": topics["posts"],
+        "DLQ_TOPIC": topics["posts.dlq"],
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+    }.items():
         monkeypatch.setenv(f"MOODWATCH_{name}", value)
     runner = CliRunner()
 

@@ -215,7 +215,9 @@ CRD_SCHEMAS = {
                         "type": "object",
                         "required": ["parameter", "name"],
                         "additionalProperties": False,
-                        "properties": {k: {"type": "string", "minLength": 1} for k in ("parameter", "name", "containerName")},
+                        "properties": {
+                            k: {"type": "string", "minLength": 1} for k in ("parameter", "name", "containerName")
+                        },
                     },
                 },
             },
@@ -238,7 +240,10 @@ CRD_SCHEMAS = {
                 "namespaceSelector": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}}, "any": {"type": "boolean"}},
+                    "properties": {
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                        "any": {"type": "boolean"},
+                    },
                 },
                 "endpoints": {
                     "type": "array",
@@ -440,11 +445,24 @@ def test_settings_configmap(chart, default_docs):
     assert cm["MOODWATCH_METRICS_PORT"] == "9464"
     assert cm["MOODWATCH_TRITON_URL"] == f"{RELEASE}-triton:8001"
     assert one(default_docs, "Service", f"{RELEASE}-triton")["spec"]["ports"][1] == {
-        "name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"
+        "name": "grpc",
+        "port": 8001,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "grpc",
     }
     # integers arrive from YAML as floats inside Helm: no exponent notation on the way out; null drops
-    docs = render(chart, {"settings": {"MOODWATCH_IMAGE_MAX_BYTES": 10485760, "MOODWATCH_ES_REQUEST_TIMEOUT_S": 2.5,
-                                       "MOODWATCH_REGIONS_ENABLED": False, "MOODWATCH_LOG_JSON": None}})
+    docs = render(
+        chart,
+        {
+            "settings": {
+                "MOODWATCH_IMAGE_MAX_BYTES": 10485760,
+                "MOODWATCH_ES_REQUEST_TIMEOUT_S": 2.5,
+                "MOODWATCH_REGIONS_ENABLED": False,
+                "MOODWATCH_LOG_JSON": None,
+            }
+        },
+    )
     cm2 = one(docs, "ConfigMap", f"{RELEASE}-settings")["data"]
     assert cm2["MOODWATCH_IMAGE_MAX_BYTES"] == "10485760"
     assert cm2["MOODWATCH_ES_REQUEST_TIMEOUT_S"] == "2.5"
@@ -566,7 +584,9 @@ def test_triton_deployment(default_docs):
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     startup = c["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "startup probe must allow 10 min of model loading"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, (
+        "startup probe must allow 10 min of model loading"
+    )
     # model repository: copied from the worker image by an init container into an emptyDir
     (init,) = spec["initContainers"]
     worker = one(default_docs, "Deployment", f"{RELEASE}-analyzer")["spec"]["template"]["spec"]["containers"][0]
@@ -619,13 +639,24 @@ def test_keda_defaults_follow_the_settings(chart):
 def test_keda_max_replicas_beyond_partitions_fails(chart):
     err = render_error(
         chart,
-        {"kafka": {"postsTopicPartitions": 6}, "analyzer": {"autoscaling": {"keda": {"enabled": True, "maxReplicaCount": 7}}}},
+        {
+            "kafka": {"postsTopicPartitions": 6},
+            "analyzer": {"autoscaling": {"keda": {"enabled": True, "maxReplicaCount": 7}}},
+        },
     )
     assert "maxReplicaCount (7) exceeds kafka.postsTopicPartitions (6)" in err
     # equal is fine
-    render(chart, {"kafka": {"postsTopicPartitions": 6}, "analyzer": {"autoscaling": {"keda": {"enabled": True, "maxReplicaCount": 6}}}})
+    render(
+        chart,
+        {
+            "kafka": {"postsTopicPartitions": 6},
+            "analyzer": {"autoscaling": {"keda": {"enabled": True, "maxReplicaCount": 6}}},
+        },
+    )
     # without KEDA the fixed replica count is bounded the same way
-    assert "analyzer.replicas (7) exceeds" in render_error(chart, {"kafka": {"postsTopicPartitions": 6}, "analyzer": {"replicas": 7}})
+    assert "analyzer.replicas (7) exceeds" in render_error(
+        chart, {"kafka": {"postsTopicPartitions": 6}, "analyzer": {"replicas": 7}}
+    )
     # and min above max is refused
     assert "minReplicaCount (5) exceeds maxReplicaCount (4)" in render_error(
         chart, {"analyzer": {"autoscaling": {"keda": {"enabled": True, "minReplicaCount": 5, "maxReplicaCount": 4}}}}
@@ -653,7 +684,11 @@ def test_service_monitors_pin_the_job_label_the_rules_use(production_docs):
         assert sm["spec"]["jobLabel"] == "moodwatch.io/job"
         assert [e["port"] for e in sm["spec"]["endpoints"]] == ["metrics"]
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        selected = [s for s in services.values() if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        selected = [
+            s
+            for s in services.values()
+            if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        ]
         assert selected
         for svc in selected:
             job = svc["metadata"]["labels"]["moodwatch.io/job"]
@@ -690,8 +725,14 @@ def test_long_release_names_stay_valid_dns_labels(chart):
 
 
 def test_components_can_be_turned_off(chart):
-    docs = render(chart, {"dashboard": {"enabled": False}, "triton": {"enabled": False},
-                          "settings": {"MOODWATCH_TRITON_URL": "triton.shared:8001"}})
+    docs = render(
+        chart,
+        {
+            "dashboard": {"enabled": False},
+            "triton": {"enabled": False},
+            "settings": {"MOODWATCH_TRITON_URL": "triton.shared:8001"},
+        },
+    )
     names = {d["metadata"]["name"] for d in by_kind(docs, "Deployment")}
     assert names == {f"{RELEASE}-analyzer", f"{RELEASE}-aggregator"}
     assert one(docs, "ConfigMap", f"{RELEASE}-settings")["data"]["MOODWATCH_TRITON_URL"] == "triton.shared:8001"
@@ -739,4 +780,3 @@ def test_dashboard_auth_proxy_needs_trusted_addresses(chart):
     assert "trustedCIDRs" in err
     explicit = render(chart, {"dashboard": {"allowedHosts": ["mood.internal"]}})
     assert dashboard_env(explicit)["MOODWATCH_DASHBOARD_ALLOWED_HOSTS"]["value"] == "mood.internal"
-

@@ -370,6 +370,11 @@ def test_load_many_mixes_results_and_errors(server, loader):
     results = loader.load_many(refs)
     assert time.monotonic() - start < 2 * TIMEOUT_S + 1
     assert [type(r).__name__ for r in results] == [
-        "DecodedImage", "FetchFailed", "FetchTimeout", "ImageTooLarge", "UnsupportedFormat", "BlockedURL",
+        "DecodedImage",
+        "FetchFailed",
+        "FetchTimeout",
+        "ImageTooLarge",
+        "UnsupportedFormat",
+        "BlockedURL",
         "DecodedImage",
     ]

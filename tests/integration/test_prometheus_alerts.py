@@ -23,9 +23,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from workers.analyzer.metrics import WorkerMetrics
 from workers.common.health import HealthState, serve_health
 from workers.devstack.servers import free_port
-from workers.analyzer.metrics import WorkerMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -185,9 +185,7 @@ def monitoring(tmp_path):
                 {
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
                     "rule_files": [str(rules)],
-                    "alerting": {
-                        "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
-                    },
+                    "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
                     "scrape_configs": [
                         {
                             "job_name": JOB,

@@ -109,12 +109,36 @@ def exported_repo(tiny_assets) -> Path:
     """The repository as `moodwatch triton export` writes it (the real CLI, in its own process)."""
     repo = tiny_assets["root"] / "repo"
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "triton", "export", "--repo", str(repo), "--heads", str(tiny_assets["heads"]),
-         "--index", str(tiny_assets["index"]), "--image-encoder", BACKBONE, "--model", "moodwatch"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "triton",
+            "export",
+            "--repo",
+            str(repo),
+            "--heads",
+            str(tiny_assets["heads"]),
+            "--index",
+            str(tiny_assets["index"]),
+            "--image-encoder",
+            BACKBONE,
+            "--model",
+            "moodwatch",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads((repo / "export.json").read_text())["models"] == ["backbone", "retrieval", "heads", "regions", "moodwatch"]
+    assert json.loads((repo / "export.json").read_text())["models"] == [
+        "backbone",
+        "retrieval",
+        "heads",
+        "regions",
+        "moodwatch",
+    ]
     return repo
 
 
@@ -122,7 +146,9 @@ def exported_repo(tiny_assets) -> Path:
 def triton_server(exported_repo, local_stack, tiny_assets):
     """tritonserver as `moodwatch demo --triton` starts it (start_local_triton: explicit model
     control, the configured model loaded, added to the local stack), on the CLI-exported repository."""
-    settings = local_stack.settings(heads_path=tiny_assets["heads"], index_dir=tiny_assets["index"], image_encoder=BACKBONE)
+    settings = local_stack.settings(
+        heads_path=tiny_assets["heads"], index_dir=tiny_assets["index"], image_encoder=BACKBONE
+    )
     settings = start_local_triton(local_stack, settings, repo_dir=exported_repo, export=False)
     server = local_stack.extra[-1]
     assert isinstance(server, TritonServer) and server.running and server.load_models == ["moodwatch"]
@@ -162,10 +188,13 @@ def _assert_same(local, remote) -> None:
         assert abs(a.polarity_probs.positive - b.polarity_probs.positive) <= TOL
         assert abs(a.polarity_probs.negative - b.polarity_probs.negative) <= TOL
         assert np.allclose(a.emotions.as_list(), b.emotions.as_list(), atol=TOL, rtol=0)
-        assert [(e.text, e.emotion, e.source) for e in a.evidence] == [(e.text, e.emotion, e.source) for e in b.evidence]
+        assert [(e.text, e.emotion, e.source) for e in a.evidence] == [
+            (e.text, e.emotion, e.source) for e in b.evidence
+        ]
         assert np.allclose([e.similarity for e in a.evidence], [e.similarity for e in b.evidence], atol=TOL, rtol=0)
-        assert [(r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in a.regions] == \
-            [(r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in b.regions]
+        assert [(r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in a.regions] == [
+            (r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in b.regions
+        ]
         assert np.allclose([r.score for r in a.regions], [r.score for r in b.regions], atol=TOL, rtol=0)
 
 
@@ -173,14 +202,14 @@ def _assert_same(local, remote) -> None:
 
 
 def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets, tmp_path):
-    from pipelines.export import export_repository
+    from pipelines.export import ALL_MODELS, export_repository
 
-    from pipelines.export import ALL_MODELS
-
-    cpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "cpu", "cpu", image_encoder=BACKBONE,
-                            models=ALL_MODELS)
-    gpu = export_repository(tiny_assets["heads"], tiny_assets["index"], tmp_path / "gpu", "gpu", image_encoder=BACKBONE,
-                            models=ALL_MODELS)
+    cpu = export_repository(
+        tiny_assets["heads"], tiny_assets["index"], tmp_path / "cpu", "cpu", image_encoder=BACKBONE, models=ALL_MODELS
+    )
+    gpu = export_repository(
+        tiny_assets["heads"], tiny_assets["index"], tmp_path / "gpu", "gpu", image_encoder=BACKBONE, models=ALL_MODELS
+    )
     assert cpu.models == gpu.models == ["backbone", "retrieval", "heads", "regions", "moodwatch", "moodwatch_fused"]
     for name in cpu.models:
         c = text_format.Parse((tmp_path / "cpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -190,14 +219,22 @@ def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets,
         assert c.version_policy.latest.num_versions == 1
         assert [(i.name, list(i.dims)) for i in c.input] == [(i.name, list(i.dims)) for i in g.input]
         if name == "moodwatch":  # Triton refuses batching/instances/warmup on an ensemble: set on the steps
-            assert c.platform == "ensemble" and [s.model_name for s in c.ensemble_scheduling.step] == \
-                ["backbone", "retrieval", "heads", "regions"]
+            assert c.platform == "ensemble" and [s.model_name for s in c.ensemble_scheduling.step] == [
+                "backbone",
+                "retrieval",
+                "heads",
+                "regions",
+            ]
             assert c.parameters["moodwatch.heads"].string_value == cpu.versions["heads"]
             continue
         assert c.backend == "python" and c.dynamic_batching.max_queue_delay_microseconds > 0
         assert c.model_warmup and c.model_warmup[0].batch_size == 1 and g.model_warmup[0].batch_size == 64
         assert [grp.kind for grp in c.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
-        expected = model_config_pb2.ModelInstanceGroup.KIND_CPU if name == "retrieval" else model_config_pb2.ModelInstanceGroup.KIND_GPU
+        expected = (
+            model_config_pb2.ModelInstanceGroup.KIND_CPU
+            if name == "retrieval"
+            else model_config_pb2.ModelInstanceGroup.KIND_GPU
+        )
         assert [grp.kind for grp in g.instance_group] == [expected]  # FAISS stays on the CPU
         assert (tmp_path / "cpu" / name / "1" / "model.py").is_file()
         assert (tmp_path / "cpu" / name / "1" / "moodwatch_serving.py").is_file()
@@ -232,8 +269,12 @@ def test_a_bad_request_fails_alone_with_a_per_request_error(triton_server, trito
     from tritonclient.utils import InferenceServerException
 
     def request(count: int):
-        arrays = {"PIXELS": np.zeros((1, 3, 224, 224), np.float32), "BOXES": np.zeros((1, 50, 4), np.float32),
-                  "BOX_COUNT": np.full((1, 1), count, np.int32), "IMAGE_SIZE": np.array([[640, 480]], np.int32)}
+        arrays = {
+            "PIXELS": np.zeros((1, 3, 224, 224), np.float32),
+            "BOXES": np.zeros((1, 50, 4), np.float32),
+            "BOX_COUNT": np.full((1, 1), count, np.int32),
+            "IMAGE_SIZE": np.array([[640, 480]], np.int32),
+        }
         inputs = []
         for name, array in arrays.items():
             tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT32")
@@ -294,7 +335,9 @@ def test_model_unloaded_mid_stream_then_reloaded(triton_server, triton_analyzer,
     client = triton_server.client()
     try:
         client.unload_model("heads")  # a step of the ensemble: Triton takes `moodwatch` down with it
-        with pytest.raises(BackendUnavailable, match=r"model 'moodwatch' is not ready .*(unloaded|UNAVAILABLE|UNLOADING)"):
+        with pytest.raises(
+            BackendUnavailable, match=r"model 'moodwatch' is not ready .*(unloaded|UNAVAILABLE|UNLOADING)"
+        ):
             triton_analyzer.analyze(IMAGES[:2])
         assert not triton_analyzer.ready()
     finally:
@@ -315,25 +358,44 @@ def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
     topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=1)
     index = f"results-triton-{uuid.uuid4().hex[:8]}"
     settings = local_stack.settings(
-        posts_topic=topics["posts"], results_topic=topics["post-sentiment"], dlq_topic=topics["posts.dlq"],
-        consumer_group=unique_group_id, es_results_index=index, es_alerts_index=f"alerts-{index}",
-        kafka_session_timeout_ms=6000, batch_max_posts=16, batch_max_wait_ms=300, metrics_port=0,
-        backend="triton", triton_url=triton_server.grpc_url, triton_timeout_s=30,
-        heads_path=tiny_assets["heads"], index_dir=tiny_assets["index"], image_encoder=BACKBONE,
+        posts_topic=topics["posts"],
+        results_topic=topics["post-sentiment"],
+        dlq_topic=topics["posts.dlq"],
+        consumer_group=unique_group_id,
+        es_results_index=index,
+        es_alerts_index=f"alerts-{index}",
+        kafka_session_timeout_ms=6000,
+        batch_max_posts=16,
+        batch_max_wait_ms=300,
+        metrics_port=0,
+        backend="triton",
+        triton_url=triton_server.grpc_url,
+        triton_timeout_s=30,
+        heads_path=tiny_assets["heads"],
+        index_dir=tiny_assets["index"],
+        image_encoder=BACKBONE,
     )
     posts = 6
     thread = None
     triton_server.stop()
     try:
-        analyzer = TritonAnalyzer.from_settings(settings, analyzer_options(settings))  # starts though the server is down
+        analyzer = TritonAnalyzer.from_settings(
+            settings, analyzer_options(settings)
+        )  # starts though the server is down
         assert not analyzer.ready()
         with pytest.raises(BackendUnavailable, match=rf"Triton server at {triton_server.grpc_url} is not reachable"):
             analyzer.analyze(IMAGES[:1])
 
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         for i in range(posts):
-            value = {"schema_version": 1, "post_id": f"tp-{i}", "author_id": "a1", "channel": "c1",
-                     "created_at": "2026-11-01T12:00:00+00:00", "image": {"b64": tiny_png_b64(64, 48, (40 * i, 90, 200))}}
+            value = {
+                "schema_version": 1,
+                "post_id": f"tp-{i}",
+                "author_id": "a1",
+                "channel": "c1",
+                "created_at": "2026-11-01T12:00:00+00:00",
+                "image": {"b64": tiny_png_b64(64, 48, (40 * i, 90, 200))},
+            }
             producer.send(settings.posts_topic, key=f"tp-{i}".encode(), value=json.dumps(value).encode())
         producer.flush()
         producer.close()
@@ -362,8 +424,9 @@ def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
 
 
 def _committed(settings) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group,
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group, enable_auto_commit=False
+    )
     try:
         return consumer.committed(TopicPartition(settings.posts_topic, 0)) or 0
     finally:

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support.tiny import tiny_analyzer
-from workers.common.health import HealthState, serve_health
-from workers.devstack.servers import LocalStack, NoidaStore, Tansu
 from workers.analyzer.metrics import WorkerMetrics
 from workers.analyzer.wiring import build_worker
+from workers.common.health import HealthState, serve_health
+from workers.devstack.servers import LocalStack, NoidaStore, Tansu
 
 
 def readiness(url: str) -> tuple[int, dict]:
@@ -37,8 +37,10 @@ def wait_for(url: str, status: int, timeout_s: float = 20.0) -> dict:
 
 @pytest.fixture
 def own_stack(tmp_path):
-    stack = LocalStack(tansu=Tansu(storage="memory", log_dir=tmp_path / "logs"),
-                       store=NoidaStore(tmp_path / "noida", log_dir=tmp_path / "logs"))
+    stack = LocalStack(
+        tansu=Tansu(storage="memory", log_dir=tmp_path / "logs"),
+        store=NoidaStore(tmp_path / "noida", log_dir=tmp_path / "logs"),
+    )
     stack.start()
     yield stack
     stack.stop()
@@ -49,8 +51,13 @@ def test_readyz_flips_when_broker_or_store_goes_away_and_back(own_stack):
     own_stack.tansu.create_topics([settings.posts_topic, settings.results_topic, settings.dlq_topic], partitions=1)
     health = HealthState(stale_after_s=30, check_timeout_s=2.0, cache_ttl_s=0)
     server = serve_health(health, "127.0.0.1", 0, registry=CollectorRegistry())
-    worker = build_worker(settings, analyzer=tiny_analyzer(regions=False), health=health, create_topics=False,
-                          metrics=WorkerMetrics.create(CollectorRegistry()))
+    worker = build_worker(
+        settings,
+        analyzer=tiny_analyzer(regions=False),
+        health=health,
+        create_topics=False,
+        metrics=WorkerMetrics.create(CollectorRegistry()),
+    )
     try:
         body = wait_for(server.url, 200)
         assert set(body["checks"]) == {"kafka", "elasticsearch", "model_backend"}

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 # The session servers and helpers of the integration suite (not duplicated here).
-from tests.integration.conftest import (  # noqa: F401 - fixtures are found by name
+from tests.integration.conftest import (
     fresh_topics,
     local_stack,
     noida,
@@ -102,7 +102,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         previous = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
     except (OSError, json.JSONDecodeError):
         previous = {}
-    previous.update({name: {**data, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")} for name, data in _FIGURES.items()})
+    previous.update(
+        {name: {**data, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")} for name, data in _FIGURES.items()}
+    )
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(json.dumps(previous, indent=2, sort_keys=True, default=str) + "\n")
     terminalreporter.write_line(f"(merged into {ARTIFACT.relative_to(ROOT)})")
@@ -135,10 +137,18 @@ def make_settings(fresh_topics, unique_group_id):
             topics = {n: f"{n}-{suffix}" for n in ("posts", "post-sentiment", "posts.dlq")}
             create_with.create_topics(topics.values(), partitions=partitions)
         values = dict(
-            posts_topic=topics["posts"], results_topic=topics["post-sentiment"], dlq_topic=topics["posts.dlq"],
-            consumer_group=unique_group_id, es_results_index=f"results-{suffix}", es_alerts_index=f"alerts-{suffix}",
-            kafka_session_timeout_ms=6000, batch_max_posts=64, batch_max_wait_ms=200,
-            metrics_port=free_port(), image_fetch_timeout_s=2.0, log_level="INFO",
+            posts_topic=topics["posts"],
+            results_topic=topics["post-sentiment"],
+            dlq_topic=topics["posts.dlq"],
+            consumer_group=unique_group_id,
+            es_results_index=f"results-{suffix}",
+            es_alerts_index=f"alerts-{suffix}",
+            kafka_session_timeout_ms=6000,
+            batch_max_posts=64,
+            batch_max_wait_ms=200,
+            metrics_port=free_port(),
+            image_fetch_timeout_s=2.0,
+            log_level="INFO",
         )
         values.update(overrides)
         return stack.settings(**values)

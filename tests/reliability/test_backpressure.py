@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.reliability.conftest import SEED, SOAK
+from tests.reliability.conftest import SEED
 from tests.reliability.verify import all_committed, build_stream, produce, scrape_metric, verify, wait_until
+
 
 def padded_png_b64(size: int = 16, pad: int = 12_000, seed: int = 0) -> str:
     """A small noise PNG carrying a `pad`-byte tEXt chunk: a ~16 KB post that gzip shrinks ~10x on the
@@ -57,25 +58,37 @@ def burst(settings, worker, records, ends_so_far: dict[int, int], label: str) ->
     def tick() -> None:
         from tests.reliability.verify import committed_offsets
 
-        committed = sum(committed_offsets(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic).values())
+        committed = sum(
+            committed_offsets(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic).values()
+        )
         mem = worker.sample_memory()
         samples.append((time.monotonic() - t0, total - committed, gauge_sum(settings), mem.get("VmRSS", 0)))
 
-    wait_until(all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
-               timeout=900, interval=0.5, what=f"{label} drained", while_alive=worker, on_tick=tick)
+    wait_until(
+        all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
+        timeout=900,
+        interval=0.5,
+        what=f"{label} drained",
+        while_alive=worker,
+        on_tick=tick,
+    )
     drain_s = time.monotonic() - t0
     tick()  # a sample taken after the drain (the last on_tick ran just before the final check)
     mem = worker.sample_memory()
     lags = [s[1] for s in samples]
     gauges = [s[2] for s in samples if s[2] is not None]
     return {
-        "backlog_posts": len(records), "backlog_mb": round(sum(len(v) for _, v in records) / 2**20, 1),
-        "produce_rate_per_s": round(len(records) / max(produce_s, 1e-3)), "drain_s": round(drain_s, 1),
+        "backlog_posts": len(records),
+        "backlog_mb": round(sum(len(v) for _, v in records) / 2**20, 1),
+        "produce_rate_per_s": round(len(records) / max(produce_s, 1e-3)),
+        "drain_s": round(drain_s, 1),
         "analyse_rate_per_s": round(len(records) / max(drain_s, 1e-3)),
-        "true_lag_max": max(lags, default=0), "true_lag_end": lags[-1] if lags else None,
+        "true_lag_max": max(lags, default=0),
+        "true_lag_end": lags[-1] if lags else None,
         "gauge_max": max(gauges, default=None),
         "rss_max_mb": round(max((s[3] for s in samples), default=0) / 1024, 1),
-        "hwm_before_mb": round(hwm_before / 1024, 1), "hwm_after_mb": round(mem.get("VmHWM", 0) / 1024, 1),
+        "hwm_before_mb": round(hwm_before / 1024, 1),
+        "hwm_after_mb": round(mem.get("VmHWM", 0) / 1024, 1),
         "lag_timeline": [(round(t), lag, g) for t, lag, g, _ in samples[:: max(1, len(samples) // 12)]],
         "_ends": ends,
     }
@@ -87,8 +100,12 @@ def run_backpressure(sizes: list[int], *, local_stack, make_settings, worker_env
     worker = worker_env(settings).start()
     warm = build_stream(200, seed=SEED, prefix="warm", image_b64=image)
     ends, _ = produce(settings.kafka_bootstrap, settings.posts_topic, warm.records)
-    wait_until(all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
-               timeout=240, what="warm-up", while_alive=worker)
+    wait_until(
+        all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
+        timeout=240,
+        what="warm-up",
+        while_alive=worker,
+    )
     baseline = worker.sample_memory()
     phases = []
     streams = [warm]
@@ -114,9 +131,14 @@ def run_backpressure(sizes: list[int], *, local_stack, make_settings, worker_env
         os.kill(worker.pid, signal.SIGCONT)
     ends = {p: max(ends.get(p, 0), e) for p, e in {**ends, **more}.items()}
     trickle_gauge: list = []
-    wait_until(all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
-               timeout=120, interval=0.1, what="trickle drained", while_alive=worker,
-               on_tick=lambda: trickle_gauge.append(gauge_sum(settings)))
+    wait_until(
+        all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
+        timeout=120,
+        interval=0.1,
+        what="trickle drained",
+        while_alive=worker,
+        on_tick=lambda: trickle_gauge.append(gauge_sum(settings)),
+    )
     time.sleep(6.0)
     gauge_idle = gauge_sum(settings)
     assert worker.stop() == 0, worker.log_tail(60)
@@ -125,11 +147,16 @@ def run_backpressure(sizes: list[int], *, local_stack, make_settings, worker_env
     everything = Stream([r for s in streams for r in s.records], set().union(*(s.accepted for s in streams)), {})
     verdict = verify(settings, everything)
     figures.update(verdict.figures())
-    figures.update({
-        "baseline_rss_mb": round(baseline.get("VmRSS", 0) / 1024, 1), "baseline_hwm_mb": round(baseline.get("VmHWM", 0) / 1024, 1),
-        "phases": phases, "peak_rss_mb": round(worker.peak_rss_kb / 1024, 1),
-        "gauge_after_drained_100_burst_and_6s_idle": gauge_idle, "gauge_while_100_burst_drained": trickle_gauge,
-    })
+    figures.update(
+        {
+            "baseline_rss_mb": round(baseline.get("VmRSS", 0) / 1024, 1),
+            "baseline_hwm_mb": round(baseline.get("VmHWM", 0) / 1024, 1),
+            "phases": phases,
+            "peak_rss_mb": round(worker.peak_rss_kb / 1024, 1),
+            "gauge_after_drained_100_burst_and_6s_idle": gauge_idle,
+            "gauge_while_100_burst_drained": trickle_gauge,
+        }
+    )
     assert verdict.ok, verdict.explain()
     for phase in phases:
         assert phase["true_lag_max"] >= 0.5 * phase["backlog_posts"], f"the lag should have built up: {phase}"
@@ -139,8 +166,9 @@ def run_backpressure(sizes: list[int], *, local_stack, make_settings, worker_env
 
 @pytest.mark.timeout(420)
 def test_burst_backlog_drains_with_bounded_memory(local_stack, make_settings, worker_env, figures):
-    out = run_backpressure([1000, 4000], local_stack=local_stack, make_settings=make_settings,
-                           worker_env=worker_env, figures=figures)
+    out = run_backpressure(
+        [1000, 4000], local_stack=local_stack, make_settings=make_settings, worker_env=worker_env, figures=figures
+    )
     small, large = out["phases"]
     growth = large["hwm_after_mb"] - small["hwm_after_mb"]
     figures["peak_growth_small_to_4x_backlog_mb"] = round(growth, 1)
@@ -156,8 +184,13 @@ def test_burst_backlog_drains_with_bounded_memory(local_stack, make_settings, wo
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_soak_backlog_2k_vs_10k_vs_30k(local_stack, make_settings, worker_env, figures):
-    out = run_backpressure([2000, 10000, 30000], local_stack=local_stack, make_settings=make_settings,
-                           worker_env=worker_env, figures=figures)
+    out = run_backpressure(
+        [2000, 10000, 30000],
+        local_stack=local_stack,
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+    )
     first, _, last = out["phases"]
     growth = last["hwm_after_mb"] - first["hwm_after_mb"]
     figures["peak_growth_2k_to_30k_backlog_mb"] = round(growth, 1)

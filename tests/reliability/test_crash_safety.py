@@ -57,8 +57,9 @@ def check_commit_invariant(settings, stream, where, committed: dict[int, int]) -
     """Nothing below a committed offset may be missing from Elasticsearch or the DLQ."""
     stored = set(es_ids(settings))
     dlq = read_topic(settings.kafka_bootstrap, settings.dlq_topic, expect_at_least=0, quiet_s=1.0, timeout_s=20)
-    dead = {(h["original.partition"], h["original.offset"])
-            for h in ({k: v.decode() for k, v in r.headers} for r in dlq)}
+    dead = {
+        (h["original.partition"], h["original.offset"]) for h in ({k: v.decode() for k, v in r.headers} for r in dlq)
+    }
     below = [key for key, (p, off) in where.items() if off < committed.get(p, 0)]
     missing_es = [k for k in below if k in stream.accepted and k not in stored]
     missing_dlq = [k for k in below if k in stream.rejected and (str(where[k][0]), str(where[k][1])) not in dead]
@@ -87,8 +88,13 @@ def run_crash_test(n_posts: int, kills: int, *, local_stack, make_settings, work
             # from outside, at a random moment once the run has committed up to about the target
             worker.start()
             worker.wait_event("commit", since=since, timeout=180)
-            wait_until(lambda target=target: committed_from_events(worker) >= target - settings.batch_max_posts, timeout=300,
-                       interval=0.05, what=f"progress to {target}", while_alive=worker)
+            wait_until(
+                lambda target=target: committed_from_events(worker) >= target - settings.batch_max_posts,
+                timeout=300,
+                interval=0.05,
+                what=f"progress to {target}",
+                while_alive=worker,
+            )
             arg = round(rng.uniform(0.0, 1.0), 2)
             time.sleep(arg)
             worker.kill()
@@ -96,7 +102,11 @@ def run_crash_test(n_posts: int, kills: int, *, local_stack, make_settings, work
             # the worker kills itself at the N-th store write / commit of this run, N chosen so the
             # kill lands near the target
             arg = max(1, (target - committed_from_events(worker)) // settings.batch_max_posts) + rng.randint(0, 2)
-            env = {"MOODWATCH_CHAOS_KILL_AFTER_STORES" if mode == "after_store" else "MOODWATCH_CHAOS_KILL_BEFORE_COMMIT": str(arg)}
+            env = {
+                "MOODWATCH_CHAOS_KILL_AFTER_STORES"
+                if mode == "after_store"
+                else "MOODWATCH_CHAOS_KILL_BEFORE_COMMIT": str(arg)
+            }
             worker.start(**env)
             worker.wait(timeout=240)
         rc = worker.proc.returncode
@@ -114,23 +124,36 @@ def run_crash_test(n_posts: int, kills: int, *, local_stack, make_settings, work
     assert worker.stop() == 0, worker.log_tail()
     verdict = verify(settings, stream)
     figures.update(verdict.figures())
-    figures.update({
-        "kills": len(log), "restarts": worker.starts - 1, "kill_modes": {m: sum(e["mode"] == m for e in log) for m in MODES},
-        "final_run_s": round(catch_up_s, 1), "commit_invariant_checks": len(log),
-        "kill_log": [f"{e['mode']}({e['arg']}): committed={e['committed']}" for e in log],
-    })
+    figures.update(
+        {
+            "kills": len(log),
+            "restarts": worker.starts - 1,
+            "kill_modes": {m: sum(e["mode"] == m for e in log) for m in MODES},
+            "final_run_s": round(catch_up_s, 1),
+            "commit_invariant_checks": len(log),
+            "kill_log": [f"{e['mode']}({e['arg']}): committed={e['committed']}" for e in log],
+        }
+    )
     assert verdict.ok, verdict.explain()
     assert len(log) >= 5
 
 
 @pytest.mark.timeout(600)
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(local_stack, make_settings, worker_env, figures):
-    run_crash_test(5000, 5, local_stack=local_stack, make_settings=make_settings, worker_env=worker_env,
-                   figures=figures, seed=SEED)
+    run_crash_test(
+        5000, 5, local_stack=local_stack, make_settings=make_settings, worker_env=worker_env, figures=figures, seed=SEED
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_soak_kill_9_many_times_over_a_long_stream(local_stack, make_settings, worker_env, figures):
-    run_crash_test(20000, 15, local_stack=local_stack, make_settings=make_settings, worker_env=worker_env,
-                   figures=figures, seed=SEED + 1)
+    run_crash_test(
+        20000,
+        15,
+        local_stack=local_stack,
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+        seed=SEED + 1,
+    )

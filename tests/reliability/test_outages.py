@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from kafka import KafkaConsumer
 
-from tests.reliability.conftest import SEED, SOAK
+from tests.reliability.conftest import SEED
 from tests.reliability.verify import (
     Paced,
     all_committed,
@@ -56,9 +56,14 @@ class Sampler:
     def sample(self) -> dict:
         committed = committed_sum(self.settings)
         produced = self.produced + (self.paced.sent if self.paced is not None else 0)
-        row = {"t": time.time(), "committed": committed, "produced": produced,
-               "true_lag": None if committed is None else produced - committed,
-               "gauge": lag_gauge(self.settings), "rss_kb": self.worker.sample_memory().get("VmRSS")}
+        row = {
+            "t": time.time(),
+            "committed": committed,
+            "produced": produced,
+            "true_lag": None if committed is None else produced - committed,
+            "gauge": lag_gauge(self.settings),
+            "rss_kb": self.worker.sample_memory().get("VmRSS"),
+        }
         self.rows.append(row)
         return row
 
@@ -86,8 +91,9 @@ def s3_broker(tmp_path):
     broker.stop()
 
 
-def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_broker, noida, make_settings,
-                        worker_env, figures) -> None:
+def run_broker_restarts(
+    restarts: list[tuple[str, float]], n_posts: int, *, s3_broker, noida, make_settings, worker_env, figures
+) -> None:
     stack = LocalStack(tansu=s3_broker, store=noida)
     settings = make_settings(stack, create_with=s3_broker, kafka_stall_exit_s=30)
     stream = build_stream(n_posts, poison_share_per_kind=0.01, seed=SEED + 2)
@@ -103,8 +109,13 @@ def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_b
     for i, (how, down_s) in enumerate(restarts):
         # let it work a while between restarts
         target = (i + 1) * len(stream) // (len(restarts) + 2)
-        wait_until(lambda target=target: (committed_sum(settings) or 0) >= target, timeout=300, interval=0.3,
-                   what=f"progress to {target}", while_alive=worker)
+        wait_until(
+            lambda target=target: (committed_sum(settings) or 0) >= target,
+            timeout=300,
+            interval=0.3,
+            what=f"progress to {target}",
+            while_alive=worker,
+        )
         before = committed_sum(settings)
         s3_broker.kill() if how == "kill" else s3_broker.stop()
         down_at = time.time()  # SIGTERM: tansu serves until it has exited
@@ -113,9 +124,15 @@ def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_b
         up_at = time.time()
         assert worker.alive(), f"worker died during broker restart {i}:\n{worker.log_tail(60)}"
         first = worker.wait_event("commit", since=up_at, timeout=240)
-        log.append({"how": how, "down_s": down_s, "committed_before": before,
-                    "recovered_s": round(first["t"] - up_at, 1),
-                    "commits_while_down": len(commits_between(worker, down_at, up_at))})
+        log.append(
+            {
+                "how": how,
+                "down_s": down_s,
+                "committed_before": before,
+                "recovered_s": round(first["t"] - up_at, 1),
+                "commits_while_down": len(commits_between(worker, down_at, up_at)),
+            }
+        )
         assert not done(), "the stream finished before the broker restart: make it longer"
     wait_until(done, timeout=600, interval=0.5, what="all offsets committed", while_alive=worker)
     assert worker.stop() == 0, worker.log_tail(60)
@@ -124,23 +141,45 @@ def run_broker_restarts(restarts: list[tuple[str, float]], n_posts: int, *, s3_b
     # are the broker's, and are reported, not blamed on the worker. ES and the DLQ stay strict.
     verdict = verify(settings, stream, tolerate_broker_holes=True)
     figures.update(verdict.figures())
-    figures.update({"broker_restarts": len(log), "worker_restarts": worker.starts - 1,
-                    "worker_stall_exits": worker.stall_restarts, "restart_log": log,
-                    "broker_storage": "s3://localbucket"})
+    figures.update(
+        {
+            "broker_restarts": len(log),
+            "worker_restarts": worker.starts - 1,
+            "worker_stall_exits": worker.stall_restarts,
+            "restart_log": log,
+            "broker_storage": "s3://localbucket",
+        }
+    )
     assert verdict.ok, verdict.explain()
 
 
 @pytest.mark.timeout(420)
-def test_broker_restart_mid_stream_worker_reconnects_and_loses_nothing(s3_broker, noida, make_settings, worker_env, figures):
-    run_broker_restarts([("stop", 4.0)], 2000, s3_broker=s3_broker, noida=noida, make_settings=make_settings,
-                        worker_env=worker_env, figures=figures)
+def test_broker_restart_mid_stream_worker_reconnects_and_loses_nothing(
+    s3_broker, noida, make_settings, worker_env, figures
+):
+    run_broker_restarts(
+        [("stop", 4.0)],
+        2000,
+        s3_broker=s3_broker,
+        noida=noida,
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_broker_stopped_and_killed_repeatedly(s3_broker, noida, make_settings, worker_env, figures):
-    run_broker_restarts([("stop", 5.0), ("kill", 10.0), ("stop", 20.0), ("kill", 3.0)], 12000, s3_broker=s3_broker,
-                        noida=noida, make_settings=make_settings, worker_env=worker_env, figures=figures)
+    run_broker_restarts(
+        [("stop", 5.0), ("kill", 10.0), ("stop", 20.0), ("kill", 3.0)],
+        12000,
+        s3_broker=s3_broker,
+        noida=noida,
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+    )
 
 
 # ---- store outage --------------------------------------------------------------------------------
@@ -158,12 +197,25 @@ def own_store(tmp_path):
 def summarise_lag(rows: list[dict]) -> dict:
     gauges = [r["gauge"] for r in rows if r["gauge"] is not None]
     lags = [r["true_lag"] for r in rows if r["true_lag"] is not None]
-    return {"gauge_max": max(gauges, default=None), "gauge_min": min(gauges, default=None),
-            "true_lag_max": max(lags, default=None), "samples": len(rows)}
+    return {
+        "gauge_max": max(gauges, default=None),
+        "gauge_min": min(gauges, default=None),
+        "true_lag_max": max(lags, default=None),
+        "samples": len(rows),
+    }
 
 
-def run_outages(outages: list[tuple[str, float, Callable[[], None], Callable[[], None]]], n_posts: int, rate: float, *,
-                stack, make_settings, worker_env, figures, worker_extra_env: dict[str, str]) -> None:
+def run_outages(
+    outages: list[tuple[str, float, Callable[[], None], Callable[[], None]]],
+    n_posts: int,
+    rate: float,
+    *,
+    stack,
+    make_settings,
+    worker_env,
+    figures,
+    worker_extra_env: dict[str, str],
+) -> None:
     """One worker, one stream arriving at `rate`/s, the outages one after the other (each: kind,
     seconds, break, fix), catching up in between. Valid posts only: a batch of nothing but poison
     posts needs no store write and may rightly commit during a store outage."""
@@ -191,41 +243,63 @@ def run_outages(outages: list[tuple[str, float, Callable[[], None], Callable[[],
         committed_during = {r["committed"] for r in during if r["committed"] is not None}
         late_commits = commits_between(worker, frozen["t"], up_at)
         first = worker.wait_event("commit", since=up_at, timeout=120)
-        report.append({
-            "kind": kind, "outage_s": round(up_at - down_at, 1), "committed_at_outage_start": frozen["committed"],
-            "committed_values_during_outage": sorted(committed_during), "commits_logged_during_outage": len(late_commits),
-            "first_commit_after_s": round(first["t"] - up_at, 1), "lag_during": summarise_lag(during),
-            # the gauge is refreshed only after a processed batch: it cannot move during an outage
-            "gauge_frozen_while_true_lag_grew": len({r["gauge"] for r in during}) == 1
-                                                 and (summarise_lag(during)["true_lag_max"] or 0) - (frozen["true_lag"] or 0) > 200,
-            "_ok": committed_during <= {frozen["committed"]} and not late_commits,
-        })
+        report.append(
+            {
+                "kind": kind,
+                "outage_s": round(up_at - down_at, 1),
+                "committed_at_outage_start": frozen["committed"],
+                "committed_values_during_outage": sorted(committed_during),
+                "commits_logged_during_outage": len(late_commits),
+                "first_commit_after_s": round(first["t"] - up_at, 1),
+                "lag_during": summarise_lag(during),
+                # the gauge is refreshed only after a processed batch: it cannot move during an outage
+                "gauge_frozen_while_true_lag_grew": len({r["gauge"] for r in during}) == 1
+                and (summarise_lag(during)["true_lag_max"] or 0) - (frozen["true_lag"] or 0) > 200,
+                "_ok": committed_during <= {frozen["committed"]} and not late_commits,
+            }
+        )
         sampler.during(4.0)  # catch up a little before the next outage
 
     ends = paced.join()
     done = all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends)
     after = []
     started = time.monotonic()
-    wait_until(done, timeout=600, interval=0.5, what="all offsets committed", while_alive=worker,
-               on_tick=lambda: after.append(sampler.sample()))
+    wait_until(
+        done,
+        timeout=600,
+        interval=0.5,
+        what="all offsets committed",
+        while_alive=worker,
+        on_tick=lambda: after.append(sampler.sample()),
+    )
     caught_up_s = time.monotonic() - started
     after += sampler.during(6.0, interval=1.0)  # the gauge is refreshed at most every 5 s
     metrics_url = f"http://127.0.0.1:{settings.metrics_port}"
-    errors = {name: sum(scrape_metric(metrics_url, name).values())
-              for name in ("moodwatch_store_errors_total", "moodwatch_backend_errors_total")}
+    errors = {
+        name: sum(scrape_metric(metrics_url, name).values())
+        for name in ("moodwatch_store_errors_total", "moodwatch_backend_errors_total")
+    }
     assert worker.stop() == 0, worker.log_tail(60)
     verdict = verify(settings, stream)
 
     figures.update(verdict.figures())
-    figures.update({
-        "outages": len(report), "outage_log": [{k: v for k, v in r.items() if k != "_ok"} for r in report],
-        "worker_restarts": worker.starts - 1, "caught_up_after_last_outage_s": round(caught_up_s, 1),
-        "lag_before": summarise_lag(before), "lag_after": summarise_lag(after),
-        "gauge_final": after[-1]["gauge"] if after else None, **errors,
-        "backend_refused_calls": len(worker.events("backend_refused")),
-        "lag_timeline_t_true_gauge": [(round(r["t"] - before[0]["t"]), r["true_lag"], r["gauge"])
-                                      for r in sampler.rows[:: max(1, len(sampler.rows) // 20)]],
-    })
+    figures.update(
+        {
+            "outages": len(report),
+            "outage_log": [{k: v for k, v in r.items() if k != "_ok"} for r in report],
+            "worker_restarts": worker.starts - 1,
+            "caught_up_after_last_outage_s": round(caught_up_s, 1),
+            "lag_before": summarise_lag(before),
+            "lag_after": summarise_lag(after),
+            "gauge_final": after[-1]["gauge"] if after else None,
+            **errors,
+            "backend_refused_calls": len(worker.events("backend_refused")),
+            "lag_timeline_t_true_gauge": [
+                (round(r["t"] - before[0]["t"]), r["true_lag"], r["gauge"])
+                for r in sampler.rows[:: max(1, len(sampler.rows) // 20)]
+            ],
+        }
+    )
     for r in report:
         assert r["_ok"], f"offsets advanced during the {r['kind']} outage: {r}"
         if r["kind"] == "backend":  # the worker waits in its retry loop, which refreshes the gauge every 5 s
@@ -240,20 +314,36 @@ def outage_plan(own_store: NoidaStore, flag: Path, store_s: float, backend_s: fl
 
 
 @pytest.mark.timeout(420)
-def test_store_and_backend_outages_stop_commits_then_catch_up(tansu, own_store, make_settings, worker_env, figures, tmp_path):
+def test_store_and_backend_outages_stop_commits_then_catch_up(
+    tansu, own_store, make_settings, worker_env, figures, tmp_path
+):
     flag = tmp_path / "backend-down"
-    run_outages(outage_plan(own_store, flag, 10.0, 8.0), 4000, 120.0, stack=LocalStack(tansu=tansu, store=own_store),
-                make_settings=make_settings, worker_env=worker_env, figures=figures,
-                worker_extra_env={"MOODWATCH_CHAOS_BACKEND_DOWN_FILE": str(flag)})
+    run_outages(
+        outage_plan(own_store, flag, 10.0, 8.0),
+        4000,
+        120.0,
+        stack=LocalStack(tansu=tansu, store=own_store),
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+        worker_extra_env={"MOODWATCH_CHAOS_BACKEND_DOWN_FILE": str(flag)},
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_soak_store_outage_30s_and_backend_outage_30s(tansu, own_store, make_settings, worker_env, figures, tmp_path):
     flag = tmp_path / "backend-down"
-    run_outages(outage_plan(own_store, flag, 30.0, 30.0) * 2, 20000, 150.0, stack=LocalStack(tansu=tansu, store=own_store),
-                make_settings=make_settings, worker_env=worker_env, figures=figures,
-                worker_extra_env={"MOODWATCH_CHAOS_BACKEND_DOWN_FILE": str(flag)})
+    run_outages(
+        outage_plan(own_store, flag, 30.0, 30.0) * 2,
+        20000,
+        150.0,
+        stack=LocalStack(tansu=tansu, store=own_store),
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+        worker_extra_env={"MOODWATCH_CHAOS_BACKEND_DOWN_FILE": str(flag)},
+    )
 
 
 # ---- a rebalance while the worker waits out an outage ---------------------------------------------
@@ -262,9 +352,16 @@ def test_soak_store_outage_30s_and_backend_outage_30s(tansu, own_store, make_set
 def join_and_leave(settings, hold_s: float) -> dict:
     """A second member joins the group (as a scaled-out worker would), holds its partitions
     for `hold_s` without committing anything, then leaves."""
-    other = KafkaConsumer(settings.posts_topic, bootstrap_servers=settings.kafka_bootstrap,
-                          group_id=settings.consumer_group, enable_auto_commit=False, auto_offset_reset="earliest",
-                          session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_records=1)
+    other = KafkaConsumer(
+        settings.posts_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        max_poll_records=1,
+    )
     try:
         other.pause()  # takes part in the group, consumes nothing
         deadline = time.monotonic() + 60
@@ -315,10 +412,18 @@ def run_rebalance_during_outage(*, stack, make_settings, worker_env, figures, tm
     assert worker.stop() == 0, worker.log_tail(60)
     verdict = verify(settings, stream, results_timeout_s=5)
     figures.update(verdict.figures())
-    figures.update({"outages": 1, "rebalances": 2, "second_member_held": held["second_member_held"],
-                    "committed_during_outage": committed_in_outage,
-                    "records_returned_by_polls_during_the_retry": sum(r[1] - r[0] + 1 for e in dropped for r in e["records"].values()),
-                    "backend_refused_calls": len(worker.events("backend_refused"))})
+    figures.update(
+        {
+            "outages": 1,
+            "rebalances": 2,
+            "second_member_held": held["second_member_held"],
+            "committed_during_outage": committed_in_outage,
+            "records_returned_by_polls_during_the_retry": sum(
+                r[1] - r[0] + 1 for e in dropped for r in e["records"].values()
+            ),
+            "backend_refused_calls": len(worker.events("backend_refused")),
+        }
+    )
     assert verdict.ok, verdict.explain()
     assert not stuck, f"not everything was committed within 25 s:\n{worker.log_tail(80)}"
 
@@ -329,16 +434,29 @@ def run_rebalance_during_outage(*, stack, make_settings, worker_env, figures, tm
 # the batch in hand is committed, consumption goes on from the advanced position, and the first later
 # p0 commit makes the skipped records unreachable.
 @pytest.mark.timeout(300)
-def test_rebalance_while_waiting_out_a_backend_outage_loses_nothing(tansu, noida, make_settings, worker_env, figures, tmp_path):
-    run_rebalance_during_outage(stack=LocalStack(tansu=tansu, store=noida), make_settings=make_settings,
-                                worker_env=worker_env, figures=figures, tmp_path=tmp_path, hold_s=4.0, after_s=6.0)
+def test_rebalance_while_waiting_out_a_backend_outage_loses_nothing(
+    tansu, noida, make_settings, worker_env, figures, tmp_path
+):
+    run_rebalance_during_outage(
+        stack=LocalStack(tansu=tansu, store=noida),
+        make_settings=make_settings,
+        worker_env=worker_env,
+        figures=figures,
+        tmp_path=tmp_path,
+        hold_s=4.0,
+        after_s=6.0,
+    )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kafka-python 3.0.12 bug (reported with issue 7): Fetcher.fetched_records restores a parked, already-parsed "
-    "partition buffer only while its in-line slot is None and only one per call; with two partitions parked "
-    "that way, one of them is never fetched again after resume(). The worker must never pause two partitions "
-    "that hold parsed records (see the rebalance test). Remove the marker once kafka-python is fixed."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "kafka-python 3.0.12 bug (reported with issue 7): Fetcher.fetched_records restores a parked, already-parsed "
+        "partition buffer only while its in-line slot is None and only one per call; with two partitions parked "
+        "that way, one of them is never fetched again after resume(). The worker must never pause two partitions "
+        "that hold parsed records (see the rebalance test). Remove the marker once kafka-python is fixed."
+    ),
+)
 @pytest.mark.timeout(120)
 def test_kafka_python_resumes_every_paused_partition(tansu, fresh_topics):
     """Plain kafka-python, no worker: park parsed records of two partitions (pause while records are
@@ -353,8 +471,9 @@ def test_kafka_python_resumes_every_paused_partition(tansu, fresh_topics):
     producer.flush()
     producer.close()
     p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    consumer = KafkaConsumer(bootstrap_servers=tansu.bootstrap, group_id=None, max_poll_records=10,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        bootstrap_servers=tansu.bootstrap, group_id=None, max_poll_records=10, auto_offset_reset="earliest"
+    )
     try:
         consumer.assign([p0, p1])
 

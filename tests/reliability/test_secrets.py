@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.verify import all_committed, produce, read_topic, scrape_metric, wait_until
+from tests.reliability.verify import all_committed, produce, read_topic, wait_until
 from workers.analyzer.settings import AnalyzerSettings as Settings
 
 # Values that cannot reach anything; what must never be printed.
@@ -48,9 +48,15 @@ def leaked(text: str) -> list[str]:
 
 def secret_settings(**kw) -> Settings:
     values = dict(
-        es_username="elastic", es_password=ES_PASSWORD, kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="svc-moodwatch", kafka_sasl_password=SASL_PASSWORD,
-        kafka_ssl_cafile=Path("/etc/ssl/kafka-ca.pem"), es_ca_certs=Path("/etc/ssl/es-ca.pem"), metrics_port=0,
+        es_username="elastic",
+        es_password=ES_PASSWORD,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc-moodwatch",
+        kafka_sasl_password=SASL_PASSWORD,
+        kafka_ssl_cafile=Path("/etc/ssl/kafka-ca.pem"),
+        es_ca_certs=Path("/etc/ssl/es-ca.pem"),
+        metrics_port=0,
     )
     values.update(kw)
     return Settings(**values)
@@ -92,8 +98,12 @@ def test_settings_never_render_secrets(figures_secrets, monkeypatch):
 
     agg = AggregatorSettings(alert_webhook_secret=WEBHOOK_SECRET, alert_webhook_url="https://hooks.example.com/x")
     renders = {
-        "repr": repr(from_env), "str": str(from_env), "dump_json": from_env.model_dump_json(),
-        "dump": repr(from_env.model_dump()), "agg_repr": repr(agg), "agg_json": agg.model_dump_json(),
+        "repr": repr(from_env),
+        "str": str(from_env),
+        "dump_json": from_env.model_dump_json(),
+        "dump": repr(from_env.model_dump()),
+        "agg_repr": repr(agg),
+        "agg_json": agg.model_dump_json(),
         "fstring": f"{from_env}",
     }
     for name, text in renders.items():
@@ -136,7 +146,9 @@ def test_tls_and_sasl_reach_kafka_python(monkeypatch, figures_secrets):
     # and without SASL: nothing SASL-ish is passed, TLS alone still is
     Recorder.calls = []
     kafka_io.make_consumer(
-        Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path("/ca.pem"), metrics_port=0), group_id="g", client_id="c"
+        Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=Path("/ca.pem"), metrics_port=0),
+        group_id="g",
+        client_id="c",
     )
     (call,) = Recorder.calls
     assert call["security_protocol"] == "SSL" and call["ssl_cafile"] == "/ca.pem"
@@ -190,14 +202,20 @@ def test_image_url_tokens_and_user_info_stay_out_of_refusals(capsys, figures_sec
 
 
 def test_alert_webhook_failures_do_not_print_the_secret(capsys, caplog, figures_secrets):
-    from workers.aggregator.alerts_out import WebhookError, WebhookSender
-    from workers.devstack.servers import free_port
-    from workers.common.logs import configure_logging
     from tests.factories import make_alert
+    from workers.aggregator.alerts_out import WebhookError, WebhookSender
+    from workers.common.logs import configure_logging
+    from workers.devstack.servers import free_port
 
     configure_logging("DEBUG", json=True)
-    sender = WebhookSender(f"http://127.0.0.1:{free_port()}/hooks/{URL_TOKEN}", WEBHOOK_SECRET, timeout_s=0.5,
-                           max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.02)
+    sender = WebhookSender(
+        f"http://127.0.0.1:{free_port()}/hooks/{URL_TOKEN}",
+        WEBHOOK_SECRET,
+        timeout_s=0.5,
+        max_attempts=2,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+    )
     headers = sender.headers(make_alert(), b"{}")
     assert WEBHOOK_SECRET not in json.dumps(headers)  # an HMAC, not the key
     with caplog.at_level("DEBUG"), pytest.raises(WebhookError) as info:
@@ -230,7 +248,8 @@ def test_kafka_python_debug_output_stays_capped(capsys, figures_secrets):
 
     def emit() -> str:  # exactly what kafka-python does, without a network round trip
         logging.getLogger("kafka.admin.client").debug(
-            "Starting KafkaAdminClient with configuration: %s", {"sasl_plain_password": SASL_PASSWORD})
+            "Starting KafkaAdminClient with configuration: %s", {"sasl_plain_password": SASL_PASSWORD}
+        )
         out = capsys.readouterr()
         return out.out + out.err
 
@@ -247,26 +266,79 @@ def test_kafka_python_debug_output_stays_capped(capsys, figures_secrets):
 
 @pytest.mark.timeout(300)
 def test_worker_with_credentials_never_logs_them(local_stack, make_settings, worker_env, figures_secrets):
-    settings = make_settings(local_stack, es_username="elastic", es_password=ES_PASSWORD,
-                             kafka_sasl_password=SASL_PASSWORD, log_level="DEBUG")
+    settings = make_settings(
+        local_stack,
+        es_username="elastic",
+        es_password=ES_PASSWORD,
+        kafka_sasl_password=SASL_PASSWORD,
+        log_level="DEBUG",
+    )
     image = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40).decode()
     from tests.factories import tiny_png_b64
 
     good = tiny_png_b64(8, 8)
-    posts = [(f"s-{i}", json.dumps({"schema_version": 1, "post_id": f"s-{i}", "author_id": "a", "channel": "c",
-                                    "created_at": "2026-11-01T12:00:00Z", "image": {"b64": good}}).encode()) for i in range(40)]
-    signed = [(f"s-url-{i}", json.dumps({"schema_version": 1, "post_id": f"s-url-{i}", "author_id": "a", "channel": "c",
-                                         "created_at": "2026-11-01T12:00:00Z",
-                                         "image": {"url": u}}).encode())
-              for i, u in enumerate([f"http://127.0.0.1:9/x.png?X-Amz-Signature={URL_TOKEN}",
-                                     f"https://u:{URL_TOKEN}@cdn.example.com/x.png",
-                                     f"http://10.0.0.1/x.png?token={URL_TOKEN}"])]
-    broken = [("s-bad", json.dumps({"schema_version": 1, "post_id": "s-bad", "author_id": "a", "channel": "c",
-                                    "created_at": "2026-11-01T12:00:00Z", "image": {"b64": image}}).encode())]
+    posts = [
+        (
+            f"s-{i}",
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "post_id": f"s-{i}",
+                    "author_id": "a",
+                    "channel": "c",
+                    "created_at": "2026-11-01T12:00:00Z",
+                    "image": {"b64": good},
+                }
+            ).encode(),
+        )
+        for i in range(40)
+    ]
+    signed = [
+        (
+            f"s-url-{i}",
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "post_id": f"s-url-{i}",
+                    "author_id": "a",
+                    "channel": "c",
+                    "created_at": "2026-11-01T12:00:00Z",
+                    "image": {"url": u},
+                }
+            ).encode(),
+        )
+        for i, u in enumerate(
+            [
+                f"http://127.0.0.1:9/x.png?X-Amz-Signature={URL_TOKEN}",
+                f"https://u:{URL_TOKEN}@cdn.example.com/x.png",
+                f"http://10.0.0.1/x.png?token={URL_TOKEN}",
+            ]
+        )
+    ]
+    broken = [
+        (
+            "s-bad",
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "post_id": "s-bad",
+                    "author_id": "a",
+                    "channel": "c",
+                    "created_at": "2026-11-01T12:00:00Z",
+                    "image": {"b64": image},
+                }
+            ).encode(),
+        )
+    ]
     worker = worker_env(settings).start()
     ends, _ = produce(settings.kafka_bootstrap, settings.posts_topic, posts + signed + broken)
-    wait_until(all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
-               timeout=180, interval=0.5, what="all committed", while_alive=worker)
+    wait_until(
+        all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends),
+        timeout=180,
+        interval=0.5,
+        what="all committed",
+        while_alive=worker,
+    )
     base = f"http://127.0.0.1:{settings.metrics_port}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     pages = {}
@@ -296,8 +368,9 @@ class _Deny(BaseHTTPRequestHandler):
 
     def _deny(self):
         _Deny.seen.append(self.headers.get("Authorization", ""))
-        body = json.dumps({"error": {"type": "security_exception", "reason": "unable to authenticate"},
-                           "status": 401}).encode()
+        body = json.dumps(
+            {"error": {"type": "security_exception", "reason": "unable to authenticate"}, "status": 401}
+        ).encode()
         self.send_response(401)
         self.send_header("Content-Type", "application/json")
         self.send_header("X-Elastic-Product", "Elasticsearch")
@@ -310,14 +383,20 @@ class _Deny(BaseHTTPRequestHandler):
 
 
 @pytest.mark.timeout(180)
-def test_store_rejecting_the_credentials_gets_them_but_never_prints_them(local_stack, make_settings, worker_env,
-                                                                         figures_secrets):
+def test_store_rejecting_the_credentials_gets_them_but_never_prints_them(
+    local_stack, make_settings, worker_env, figures_secrets
+):
     _Deny.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Deny)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = make_settings(local_stack, es_url=f"http://127.0.0.1:{server.server_address[1]}",
-                                 es_api_key=ES_API_KEY, kafka_sasl_password=SASL_PASSWORD, log_level="DEBUG")
+        settings = make_settings(
+            local_stack,
+            es_url=f"http://127.0.0.1:{server.server_address[1]}",
+            es_api_key=ES_API_KEY,
+            kafka_sasl_password=SASL_PASSWORD,
+            log_level="DEBUG",
+        )
         worker = worker_env(settings).start()
         rc = worker.wait(timeout=120)
     finally:

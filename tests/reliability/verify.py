@@ -25,16 +25,17 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.factories import tiny_png_b64
 from tests.support.chaos import read_events
-from workers.analyzer.worker import STALL_EXIT_CODE
 from workers.adapters.elastic import make_es_client
+from workers.analyzer.worker import STALL_EXIT_CODE
 from workers.devstack.sample_posts import png_bomb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +53,12 @@ POISON_KINDS: dict[str, tuple[str, str]] = {
 
 def post_value(post_id: str, image: dict, *, i: int = 0, version: int = 1, text: str | None = None) -> bytes:
     body = {
-        "schema_version": version, "post_id": post_id, "author_id": f"a{i % 7}", "channel": f"c{i % 3}",
-        "created_at": "2026-11-01T12:00:00+00:00", "image": image,
+        "schema_version": version,
+        "post_id": post_id,
+        "author_id": f"a{i % 7}",
+        "channel": f"c{i % 3}",
+        "created_at": "2026-11-01T12:00:00+00:00",
+        "image": image,
     }
     if text is not None:
         body["text"] = text
@@ -63,6 +68,7 @@ def post_value(post_id: str, image: dict, *, i: int = 0, version: int = 1, text:
 def poison_value(kind: str, key: str) -> bytes:
     def b64(data: bytes) -> dict[str, str]:
         return {"b64": base64.b64encode(data).decode()}
+
     if kind == "json":
         return b"{this is not json " + key.encode()
     if kind == "missing":
@@ -95,8 +101,9 @@ class Stream:
         return len(self.records)
 
 
-def build_stream(n: int, *, poison_share_per_kind: float = 0.0, seed: int = 0, prefix: str = "p",
-                 image_b64: str | None = None) -> Stream:
+def build_stream(
+    n: int, *, poison_share_per_kind: float = 0.0, seed: int = 0, prefix: str = "p", image_b64: str | None = None
+) -> Stream:
     """`n` posts in all; `poison_share_per_kind` of them (rounded, at least 1 when > 0) per poison kind,
     shuffled in with a seeded RNG."""
     rng = random.Random(seed)
@@ -110,16 +117,27 @@ def build_stream(n: int, *, poison_share_per_kind: float = 0.0, seed: int = 0, p
     return Stream(records, {k for k, _ in valid}, {key: POISON_KINDS[kind] for kind, key in poison})
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes]], *, compression: str | None = None,
-            batch_size: int = 512 << 10) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[str, bytes]],
+    *,
+    compression: str | None = None,
+    batch_size: int = 512 << 10,
+) -> tuple[dict[int, int], dict[str, tuple[int, int]]]:
     """Send, wait for every ack. Returns ({partition: end offset}, {key: (partition, offset)}).
     (kafka-python computes record-batch CRCs in pure Python: large incompressible values produce at
     only ~2-3 MB/s on this machine; compressible ones with compression="gzip" go much faster.)
     batch_size=1 sends one record per batch: tansu then reports true end offsets (it reports "start of
     the last batch + 1")."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0 if batch_size <= 1 else 20,
-                             batch_size=batch_size,
-                             max_request_size=8 << 20, compression_type=compression)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=0 if batch_size <= 1 else 20,
+        batch_size=batch_size,
+        max_request_size=8 << 20,
+        compression_type=compression,
+    )
     try:
         futures = [(k, producer.send(topic, key=k.encode(), value=v)) for k, v in records]
         producer.flush(timeout=120)
@@ -147,18 +165,24 @@ class Paced:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True, name="paced-producer")
 
-    def start(self) -> "Paced":
+    def start(self) -> Paced:
         self._thread.start()
         return self
 
     def _run(self) -> None:
         try:
-            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, retries=20,
-                                     max_in_flight_requests_per_connection=1, reconnect_backoff_max_ms=1000)
+            producer = KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                linger_ms=5,
+                retries=20,
+                max_in_flight_requests_per_connection=1,
+                reconnect_backoff_max_ms=1000,
+            )
             futures = []
             t0 = time.monotonic()
             for i in range(0, len(self.records), self.chunk):
-                for k, v in self.records[i:i + self.chunk]:
+                for k, v in self.records[i : i + self.chunk]:
                     futures.append(producer.send(self.topic, key=k.encode(), value=v))
                 self.sent = min(len(self.records), i + self.chunk)
                 ahead = t0 + self.sent / self.rate - time.monotonic()
@@ -215,11 +239,19 @@ def es_count(settings) -> int:
         es.close()
 
 
-def read_topic(bootstrap: str, topic: str, *, expect_at_least: int, quiet_s: float = 1.5, timeout_s: float = 60) -> list:
+def read_topic(
+    bootstrap: str, topic: str, *, expect_at_least: int, quiet_s: float = 1.5, timeout_s: float = 60
+) -> list:
     """All records of `topic`: read until `expect_at_least` arrived and then nothing new for `quiet_s`
     (tansu's end offsets are wrong, so they cannot say where the end is)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 << 20)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 << 20,
+    )
     records: list = []
     deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
@@ -323,17 +355,28 @@ class Verdict:
     @property
     def ok(self) -> bool:
         results_ok = not self.results_missing or (
-            self.tolerate_broker_holes and len(self.results_missing) <= self.results_offset_holes)
+            self.tolerate_broker_holes and len(self.results_missing) <= self.results_offset_holes
+        )
         return not (self.lost or self.duplicated or self.es_extra or self.dlq_wrong) and results_ok
 
     def figures(self) -> dict[str, Any]:
         return {
-            "posts": self.produced, "accepted": self.accepted, "rejected": self.rejected,
-            "es_docs": self.es_docs, "lost": self.lost, "duplicated": self.duplicated,
-            "es_missing": len(self.es_missing), "es_extra": len(self.es_extra), "es_duplicates": self.es_duplicates,
-            "dlq_unique": self.dlq_unique, "dlq_raw": self.dlq_raw, "dlq_raw_duplicates": self.dlq_raw_duplicates,
-            "dlq_wrong_reason": len(self.dlq_wrong), "results_raw": self.results_raw,
-            "results_raw_duplicates": self.results_raw_duplicates, "results_missing": len(self.results_missing),
+            "posts": self.produced,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "es_docs": self.es_docs,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "es_missing": len(self.es_missing),
+            "es_extra": len(self.es_extra),
+            "es_duplicates": self.es_duplicates,
+            "dlq_unique": self.dlq_unique,
+            "dlq_raw": self.dlq_raw,
+            "dlq_raw_duplicates": self.dlq_raw_duplicates,
+            "dlq_wrong_reason": len(self.dlq_wrong),
+            "results_raw": self.results_raw,
+            "results_raw_duplicates": self.results_raw_duplicates,
+            "results_missing": len(self.results_missing),
             "results_offset_holes": self.results_offset_holes,
         }
 
@@ -346,13 +389,23 @@ class Verdict:
         return "\n".join(parts)
 
 
-def verify(settings, stream: Stream, *, check_results_topic: bool = True, results_timeout_s: float = 60,
-           tolerate_broker_holes: bool = False) -> Verdict:
+def verify(
+    settings,
+    stream: Stream,
+    *,
+    check_results_topic: bool = True,
+    results_timeout_s: float = 60,
+    tolerate_broker_holes: bool = False,
+) -> Verdict:
     """tolerate_broker_holes: results missing from post-sentiment are accepted when the topic has at
     least as many offset holes (offsets tansu assigned, and so acknowledged, but never stored: seen
     when tansu on s3:// is stopped under load). Elasticsearch and the DLQ are always strict."""
-    v = Verdict(produced=len(stream), accepted=len(stream.accepted), rejected=len(stream.rejected),
-                tolerate_broker_holes=tolerate_broker_holes)
+    v = Verdict(
+        produced=len(stream),
+        accepted=len(stream.accepted),
+        rejected=len(stream.rejected),
+        tolerate_broker_holes=tolerate_broker_holes,
+    )
     ids = es_ids(settings)
     counts = Counter(ids)
     v.es_docs = len(ids)
@@ -360,8 +413,16 @@ def verify(settings, stream: Stream, *, check_results_topic: bool = True, result
     v.es_missing = sorted(stream.accepted - counts.keys())
     v.es_extra = sorted(counts.keys() - stream.accepted)
 
-    dlq = read_topic(settings.kafka_bootstrap, settings.dlq_topic, expect_at_least=len(stream.rejected),
-                     timeout_s=results_timeout_s) if stream.rejected else []
+    dlq = (
+        read_topic(
+            settings.kafka_bootstrap,
+            settings.dlq_topic,
+            expect_at_least=len(stream.rejected),
+            timeout_s=results_timeout_s,
+        )
+        if stream.rejected
+        else []
+    )
     v.dlq_raw = len(dlq)
     identities: dict[tuple[str, str, str], Any] = {}
     for rec in dlq:
@@ -385,8 +446,12 @@ def verify(settings, stream: Stream, *, check_results_topic: bool = True, result
     v.dlq_extra = sorted([k for k, c in per_key.items() if k not in stream.rejected or c > 1])
 
     if check_results_topic and stream.accepted:
-        results = read_topic(settings.kafka_bootstrap, settings.results_topic, expect_at_least=len(stream.accepted),
-                             timeout_s=results_timeout_s)
+        results = read_topic(
+            settings.kafka_bootstrap,
+            settings.results_topic,
+            expect_at_least=len(stream.accepted),
+            timeout_s=results_timeout_s,
+        )
         keys = Counter(r.key.decode() for r in results)
         v.results_raw = len(results)
         v.results_raw_duplicates = sum(c - 1 for c in keys.values())
@@ -433,22 +498,33 @@ class WorkerProcess:
     def env(self, **more: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOODWATCH_")}
         env.update(settings_env(self.settings))
-        env.update({
-            "PYTHONPATH": str(ROOT), "MOODWATCH_CHAOS_EVENTS": str(self.events_path), "MOODWATCH_LOG_JSON": "true",
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-        })
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "MOODWATCH_CHAOS_EVENTS": str(self.events_path),
+                "MOODWATCH_LOG_JSON": "true",
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+            }
+        )
         env.update(self.extra_env)
         env.update(more)
         return env
 
-    def start(self, **more_env: str) -> "WorkerProcess":
+    def start(self, **more_env: str) -> WorkerProcess:
         assert self.proc is None or self.proc.poll() is not None, "worker already running"
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start #{self.starts} {time.strftime('%H:%M:%S')} {sorted(more_env.items())}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.chaos"], cwd=ROOT, env=self.env(**more_env),
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.chaos"],
+                cwd=ROOT,
+                env=self.env(**more_env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     @property
@@ -493,7 +569,9 @@ class WorkerProcess:
             if len(evs) >= count:
                 return evs[count - 1]
             if not self.alive():
-                raise AssertionError(f"worker exited ({self.proc.returncode}) before event {kind!r}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"worker exited ({self.proc.returncode}) before event {kind!r}:\n{self.log_tail()}"
+                )
             time.sleep(0.1)
         raise TimeoutError(f"no {kind!r} event within {timeout} s:\n{self.log_tail()}")
 
@@ -529,8 +607,15 @@ class WorkerProcess:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.25, what: str = "condition",
-               while_alive: WorkerProcess | None = None, on_tick: Callable[[], None] | None = None) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.25,
+    what: str = "condition",
+    while_alive: WorkerProcess | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         if on_tick is not None:
@@ -539,8 +624,9 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
         if value:
             return value
         if while_alive is not None and not while_alive.alive():
-            raise AssertionError(f"worker exited ({while_alive.proc.returncode}) while waiting for {what}:\n"
-                                 f"{while_alive.log_tail()}")
+            raise AssertionError(
+                f"worker exited ({while_alive.proc.returncode}) while waiting for {what}:\n{while_alive.log_tail()}"
+            )
         if time.monotonic() > deadline:
             detail = f"\n{while_alive.log_tail()}" if while_alive is not None else ""
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}{detail}")

@@ -125,8 +125,11 @@ class ChaosConsumer:
             os.kill(os.getpid(), signal.SIGKILL)
         result = self._inner.commit(offsets=offsets, **kw)
         if offsets:
-            self._events.emit("commit", n=self.commits,
-                              offsets={f"{tp.topic}:{tp.partition}": om.offset for tp, om in offsets.items()})
+            self._events.emit(
+                "commit",
+                n=self.commits,
+                offsets={f"{tp.topic}:{tp.partition}": om.offset for tp, om in offsets.items()},
+            )
         return result
 
     def pause(self, *partitions):
@@ -140,9 +143,12 @@ class ChaosConsumer:
     def poll(self, *args, **kw):
         got = self._inner.poll(*args, **kw)
         if got:
-            self._events.emit("polled", records={tp.partition: [r[0].offset, r[-1].offset] for tp, r in got.items() if r},
-                              assignment=sorted(tp.partition for tp in self._inner.assignment()),
-                              paused=sorted(tp.partition for tp in self._inner.paused()))
+            self._events.emit(
+                "polled",
+                records={tp.partition: [r[0].offset, r[-1].offset] for tp, r in got.items() if r},
+                assignment=sorted(tp.partition for tp in self._inner.assignment()),
+                paused=sorted(tp.partition for tp in self._inner.paused()),
+            )
         return got
 
     def __getattr__(self, name: str) -> Any:
@@ -177,10 +183,10 @@ def main() -> None:
     import faulthandler
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: stacks into the log (hangs)
+    from workers.analyzer.settings import AnalyzerSettings as Settings
+    from workers.analyzer.wiring import build_worker
     from workers.common.health import HealthState, serve_health
     from workers.common.logs import configure_logging, get_logger
-    from workers.analyzer.wiring import build_worker
-    from workers.analyzer.settings import AnalyzerSettings as Settings
 
     events = EventLog(os.environ.get(EVENTS_ENV))
     settings = Settings()
@@ -188,11 +194,17 @@ def main() -> None:
     log = get_logger("moodwatch.chaos")
     health = HealthState()
     server = serve_health(health, settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
-    analyzer = ChaosAnalyzer(build_tiny_analyzer(), os.environ.get("MOODWATCH_CHAOS_BACKEND_DOWN_FILE"), events,
-                             delay_s=float(os.environ.get("MOODWATCH_CHAOS_ANALYZE_DELAY_S", "0")))
+    analyzer = ChaosAnalyzer(
+        build_tiny_analyzer(),
+        os.environ.get("MOODWATCH_CHAOS_BACKEND_DOWN_FILE"),
+        events,
+        delay_s=float(os.environ.get("MOODWATCH_CHAOS_ANALYZE_DELAY_S", "0")),
+    )
     worker = build_worker(settings, analyzer=analyzer, health=health, create_topics=False)
     worker.store = ChaosStore(worker.store, int(os.environ.get("MOODWATCH_CHAOS_KILL_AFTER_STORES", "0")), events)
-    worker.consumer = ChaosConsumer(worker.consumer, int(os.environ.get("MOODWATCH_CHAOS_KILL_BEFORE_COMMIT", "0")), events)
+    worker.consumer = ChaosConsumer(
+        worker.consumer, int(os.environ.get("MOODWATCH_CHAOS_KILL_BEFORE_COMMIT", "0")), events
+    )
     kafka_level = os.environ.get("MOODWATCH_CHAOS_KAFKA_LOG")
     if kafka_level:  # configure_logging quiets kafka-python to WARNING; rebalances are logged at INFO
         import logging

@@ -14,7 +14,7 @@ from pipelines.retrieval import SentenceDatabase, load_seed_sentences
 TINY_HEADS = HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_database(seed: int = 0) -> SentenceDatabase:
     return SentenceDatabase.from_sentences(load_seed_sentences(), tiny_text_encoder(seed))
 

@@ -11,9 +11,9 @@ import os
 import signal
 
 from tests.support.tiny import tiny_analyzer
-from workers.common.logs import configure_logging
-from workers.analyzer.wiring import build_worker
 from workers.analyzer.settings import AnalyzerSettings as Settings
+from workers.analyzer.wiring import build_worker
+from workers.common.logs import configure_logging
 
 
 class KillingStore:

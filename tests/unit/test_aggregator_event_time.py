@@ -28,7 +28,9 @@ def results_of_the_spike_stream() -> list[bytes]:
     for raw in spike_stream():
         obs = Observation.from_dict(json.loads(raw))
         created = datetime.fromtimestamp(obs.ts, UTC)
-        result = make_result(obs.post_id, channel=obs.channel, negative=0.9 if obs.negative else 0.1, created_at=created)
+        result = make_result(
+            obs.post_id, channel=obs.channel, negative=0.9 if obs.negative else 0.1, created_at=created
+        )
         out.append(result.model_dump_json().encode())
     return out
 

@@ -26,8 +26,13 @@ FAST_RETRY = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05}
 
 
 def _meta(status: int) -> ApiResponseMeta:
-    return ApiResponseMeta(status=status, http_version="1.1", headers=HttpHeaders(), duration=0.0,
-                           node=NodeConfig("http", "localhost", 9200))
+    return ApiResponseMeta(
+        status=status,
+        http_version="1.1",
+        headers=HttpHeaders(),
+        duration=0.0,
+        node=NodeConfig("http", "localhost", 9200),
+    )
 
 
 class FakeElasticsearch:
@@ -37,8 +42,11 @@ class FakeElasticsearch:
     `status(doc_id, attempt)` answers each document (attempt counts from 1); `request_error(n)` may return
     an exception that the n-th bulk request (from 1) raises instead of answering."""
 
-    def __init__(self, status: Callable[[str, int], int] = lambda doc_id, attempt: 201,
-                 request_error: Callable[[int], Exception | None] = lambda n: None) -> None:
+    def __init__(
+        self,
+        status: Callable[[str, int], int] = lambda doc_id, attempt: 201,
+        request_error: Callable[[int], Exception | None] = lambda n: None,
+    ) -> None:
         self._otel = OpenTelemetry(enabled=False)
         self.transport = SimpleNamespace(serializers=SerializerCollection({"application/json": JsonSerializer()}))
         self.status, self.request_error = status, request_error
@@ -84,8 +92,11 @@ class FakeElasticsearch:
         elif status < 300:
             self.stored[doc_id] = source
         elif status == 400:
-            item["error"] = {"type": "mapper_parsing_exception", "reason": f"failed to parse [channel] of {doc_id}",
-                             "caused_by": {"type": "illegal_argument_exception", "reason": "not a number"}}
+            item["error"] = {
+                "type": "mapper_parsing_exception",
+                "reason": f"failed to parse [channel] of {doc_id}",
+                "caused_by": {"type": "illegal_argument_exception", "reason": "not a number"},
+            }
         else:
             item["error"] = {"type": "es_rejected_execution_exception", "reason": "queue full"}
         return item

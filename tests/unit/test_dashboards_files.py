@@ -44,10 +44,10 @@ AGGREGATABLE = NUMERIC | {"keyword", "date", "boolean"}
 
 def exported_metric_names() -> set[str]:
     """Every sample name the workers' metric objects export."""
-    from workers.aggregator.metrics import AggregatorMetrics
     from workers.aggregator.alerts_out import AlertOutputMetrics
-    from workers.dashboard.server import DashboardMetrics
+    from workers.aggregator.metrics import AggregatorMetrics
     from workers.analyzer.metrics import WorkerMetrics
+    from workers.dashboard.server import DashboardMetrics
 
     registry = CollectorRegistry()
     WorkerMetrics.create(registry)

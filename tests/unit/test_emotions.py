@@ -39,9 +39,7 @@ indices = st.integers(min_value=0, max_value=7)
 
 
 def test_wheel_order_and_polarity_masks():
-    assert MIKELS_EMOTIONS == (
-        "anger", "disgust", "sadness", "fear", "excitement", "awe", "contentment", "amusement"
-    )
+    assert MIKELS_EMOTIONS == ("anger", "disgust", "sadness", "fear", "excitement", "awe", "contentment", "amusement")
     assert POSITIVE_MASK.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     assert POLARITY_SIGN.tolist() == [-1, -1, -1, -1, 1, 1, 1, 1]
 
@@ -83,8 +81,14 @@ def test_wheel_distance_matrix():
 def test_fear_prior_matches_the_paper():
     p = wheel_prior("fear").double()
     expected = {
-        "fear": 0.664, "sadness": 0.166, "excitement": 0.166,
-        "disgust": 2.57e-3, "awe": 2.57e-3, "anger": 2.47e-6, "contentment": 2.47e-6, "amusement": 1.48e-10,
+        "fear": 0.664,
+        "sadness": 0.166,
+        "excitement": 0.166,
+        "disgust": 2.57e-3,
+        "awe": 2.57e-3,
+        "anger": 2.47e-6,
+        "contentment": 2.47e-6,
+        "amusement": 1.48e-10,
     }
     for name, value in expected.items():
         got = float(p[MIKELS_EMOTIONS.index(name)])

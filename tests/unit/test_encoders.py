@@ -110,13 +110,17 @@ def test_hf_local_resnet_and_clip_folders(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     res_dir = tmp_path / "resnet"
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])).save_pretrained(res_dir)
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])).save_pretrained(
+        res_dir
+    )
     res = load_image_backbone(str(res_dir))
     fmap, pooled = res(res.preprocess([_img(100, 120)]))
     assert fmap.shape == (1, 32, 7, 7) and pooled.shape == (1, 32) and res.stride == 32
 
     clip_dir = tmp_path / "clip"
-    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    cfg = CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     CLIPVisionModel(cfg).save_pretrained(clip_dir)
     clip = load_image_backbone(str(clip_dir))
     fmap, pooled = clip(clip.preprocess([_img(40, 50)]))
@@ -200,7 +204,10 @@ def test_contrastive_loss_values():
     same = torch.nn.functional.normalize(torch.ones(b, d), dim=1)
     assert math.isclose(float(contrastive_loss(same, same, 0.07)), math.log(b), rel_tol=1e-5)
     # symmetric in its arguments
-    x, y = torch.nn.functional.normalize(torch.randn(b, d), dim=1), torch.nn.functional.normalize(torch.randn(b, d), dim=1)
+    x, y = (
+        torch.nn.functional.normalize(torch.randn(b, d), dim=1),
+        torch.nn.functional.normalize(torch.randn(b, d), dim=1),
+    )
     torch.testing.assert_close(contrastive_loss(x, y, 0.1), contrastive_loss(y, x, 0.1))
     # group ids: duplicates of one image are both positives; without groups the same batch is penalised
     dup = torch.cat([e[:3], e[:1]])

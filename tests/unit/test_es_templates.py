@@ -185,10 +185,18 @@ RESULTS = st.builds(
     dominant_emotion=EMOTION,
     regions=st.lists(regions(), max_size=8),
     evidence=st.lists(EVIDENCE, max_size=5),
-    model_versions=st.builds(ModelVersions, analyzer=TEXT, backend=st.sampled_from(["local", "triton"]),
-                             image_encoder=TEXT, text_encoder=TEXT, heads=TEXT, index=TEXT),  # fmt: skip
-    timings=st.builds(StageTimings, fetch_seconds=SECONDS, decode_seconds=SECONDS, analyze_seconds=SECONDS,
-                      total_seconds=SECONDS),  # fmt: skip
+    model_versions=st.builds(
+        ModelVersions,
+        analyzer=TEXT,
+        backend=st.sampled_from(["local", "triton"]),
+        image_encoder=TEXT,
+        text_encoder=TEXT,
+        heads=TEXT,
+        index=TEXT,
+    ),  # fmt: skip
+    timings=st.builds(
+        StageTimings, fetch_seconds=SECONDS, decode_seconds=SECONDS, analyze_seconds=SECONDS, total_seconds=SECONDS
+    ),  # fmt: skip
 )
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -203,7 +203,9 @@ def test_palette_png_with_and_without_transparency():
 def test_animated_gif_and_webp_and_apng_give_the_first_frame():
     frames = [Image.new("RGB", (12, 10), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     animations = (
-        ("GIF", {"duration": 50, "loop": 0}), ("WEBP", {"lossless": True, "duration": 50}), ("PNG", {"duration": 50})
+        ("GIF", {"duration": 50, "loop": 0}),
+        ("WEBP", {"lossless": True, "duration": 50}),
+        ("PNG", {"duration": 50}),
     )
     for fmt, params in animations:
         data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], **params)
@@ -560,7 +562,12 @@ def test_allow_private_is_for_tests_but_never_metadata(dns):
     policy.check_url("http://[::1]/a.jpg")
     policy.check_url("http://localhost/a.jpg")
     policy.check_url("http://inside.example.com/a.jpg")
-    for url in ("http://169.254.169.254/", "http://[fd00:ec2::254]/", "http://[::ffff:169.254.169.254]/", "http://meta.example.com/"):
+    for url in (
+        "http://169.254.169.254/",
+        "http://[fd00:ec2::254]/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://meta.example.com/",
+    ):
         with pytest.raises(BlockedURL, match="metadata"):
             policy.check_url(url)
 
@@ -676,7 +683,12 @@ def test_local_paths_under_root(tmp_path):
         assert_rgb(loader.load(ImageRef(path="sub/ok.png")), 7, 5)
         assert_rgb(loader.load(ImageRef(path="inside_link.png")), 7, 5)
         escapes = (
-            "../secret.png", str(outside), "escape.png", "escape_dir/secret.png", "sub/../../secret.png", "/etc/passwd"
+            "../secret.png",
+            str(outside),
+            "escape.png",
+            "escape_dir/secret.png",
+            "sub/../../secret.png",
+            "/etc/passwd",
         )
         for bad in escapes:
             with pytest.raises(LocalPathRefused, match="outside"):
@@ -710,7 +722,11 @@ def test_load_many_never_fails_the_batch(tmp_path, dns):
     with make_loader(None) as loader:
         results = loader.load_many(refs)
     assert [type(r).__name__ for r in results] == [
-        "DecodedImage", "UnsupportedFormat", "BlockedURL", "LocalPathRefused", "DecodedImage"
+        "DecodedImage",
+        "UnsupportedFormat",
+        "BlockedURL",
+        "LocalPathRefused",
+        "DecodedImage",
     ]
 
 

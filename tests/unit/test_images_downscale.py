@@ -84,16 +84,24 @@ def test_the_pixel_budget_is_released_when_decoding_fails():
 def analysis_with(boxes: list[tuple[int, int, int, int]], width: int, height: int) -> ImageAnalysis:
     region = {"score": 0.5, "objectness": 0.5, "senti": 0.5, "dominant_emotion": "awe", "polarity": "positive"}
     probs = {e: 0.125 for e in ("anger", "disgust", "sadness", "fear", "excitement", "awe", "contentment", "amusement")}
-    return ImageAnalysis.model_validate({
-        "polarity": "positive", "polarity_probs": {"positive": 0.6, "negative": 0.4}, "emotions": probs,
-        "dominant_emotion": "awe", "evidence": [], "image_width": width, "image_height": height,
-        "regions": [dict(region, x0=a, y0=b, x1=c, y1=d) for a, b, c, d in boxes],
-    })
+    return ImageAnalysis.model_validate(
+        {
+            "polarity": "positive",
+            "polarity_probs": {"positive": 0.6, "negative": 0.4},
+            "emotions": probs,
+            "dominant_emotion": "awe",
+            "evidence": [],
+            "image_width": width,
+            "image_height": height,
+            "regions": [dict(region, x0=a, y0=b, x1=c, y1=d) for a, b, c, d in boxes],
+        }
+    )
 
 
 def fake_decoded(array_w: int, array_h: int, width: int, height: int) -> DecodedImage:
-    return DecodedImage(rgb=np.zeros((array_h, array_w, 3), np.uint8), width=width, height=height, format="PNG",
-                        source_bytes=1)
+    return DecodedImage(
+        rgb=np.zeros((array_h, array_w, 3), np.uint8), width=width, height=height, format="PNG", source_bytes=1
+    )
 
 
 def test_region_boxes_are_mapped_back_to_source_pixels():

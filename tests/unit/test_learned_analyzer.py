@@ -59,5 +59,10 @@ def test_versions_record_the_proposal_method():
 def test_a_proposer_for_another_feature_map_is_refused():
     backbone = tiny_image_backbone(0, feature_dim=64)
     with pytest.raises(ValueError, match="MOODWATCH_REGION_PROPOSALS"):
-        LocalAnalyzer(backbone, tiny_heads(0), tiny_database(0), AnalyzerOptions(proposals="learned"),
-                      proposer=LearnedProposer(128, backbone.spatial_size))
+        LocalAnalyzer(
+            backbone,
+            tiny_heads(0),
+            tiny_database(0),
+            AnalyzerOptions(proposals="learned"),
+            proposer=LearnedProposer(128, backbone.spatial_size),
+        )

@@ -14,7 +14,12 @@ RULES = Path(__file__).resolve().parents[2] / "helm" / "moodwatch" / "files" / "
 DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 # Triton's metrics the rules may use (the analyzer's come from workers/analyzer/metrics.py below)
 TRITON_METRICS = {"nv_inference_request_failure", "nv_inference_request_success", "nv_inference_queue_duration_us"}
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count", "")}
+SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count", ""),
+}
 
 
 def exported_metrics() -> set[str]:
@@ -29,9 +34,31 @@ def exported_metrics() -> set[str]:
 
 
 PROMQL_WORDS = {
-    "sum", "max", "min", "avg", "by", "on", "and", "or", "unless", "rate", "deriv", "absent", "clamp_min",
-    "histogram_quantile", "group_left", "ignoring", "without", "le", "namespace", "partition", "stage", "model",
-    "job", "e", "bool",
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "by",
+    "on",
+    "and",
+    "or",
+    "unless",
+    "rate",
+    "deriv",
+    "absent",
+    "clamp_min",
+    "histogram_quantile",
+    "group_left",
+    "ignoring",
+    "without",
+    "le",
+    "namespace",
+    "partition",
+    "stage",
+    "model",
+    "job",
+    "e",
+    "bool",
 }
 
 
@@ -75,8 +102,13 @@ def test_structure(rules):
 
 def test_alerts_the_operators_need(rules):
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    assert {"MoodwatchWorkerDown", "MoodwatchConsumerLagGrowing", "MoodwatchDeadLetterRateHigh",
-            "TritonInferenceErrors", "TritonQueueTimeHigh"} <= set(alerts)
+    assert {
+        "MoodwatchWorkerDown",
+        "MoodwatchConsumerLagGrowing",
+        "MoodwatchDeadLetterRateHigh",
+        "TritonInferenceErrors",
+        "TritonQueueTimeHigh",
+    } <= set(alerts)
     assert "up{" in alerts["MoodwatchWorkerDown"]["expr"]
     assert "deriv(" in alerts["MoodwatchConsumerLagGrowing"]["expr"]
 
@@ -84,8 +116,13 @@ def test_alerts_the_operators_need(rules):
 def test_rules_use_only_known_metrics(rules):
     """Every metric a rule reads exists (exported by the analyzer or Triton, or recorded here)."""
     known = exported_metrics() | TRITON_METRICS | {"up"}
-    for name in ("moodwatch_posts_consumed_total", "moodwatch_posts_dead_lettered_total", "moodwatch_consumer_lag",
-                 "moodwatch_stage_duration_seconds_bucket", "moodwatch_store_errors_total"):
+    for name in (
+        "moodwatch_posts_consumed_total",
+        "moodwatch_posts_dead_lettered_total",
+        "moodwatch_consumer_lag",
+        "moodwatch_stage_duration_seconds_bucket",
+        "moodwatch_store_errors_total",
+    ):
         assert name in known
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
     for group in rules["groups"]:
@@ -96,4 +133,6 @@ def test_rules_use_only_known_metrics(rules):
             for name in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
                 if name in PROMQL_WORDS or re.fullmatch(r"e[0-9-]*", name):
                     continue
-                assert name in known or name in recorded, f"{rule.get('alert') or rule.get('record')}: unknown metric {name}"
+                assert name in known or name in recorded, (
+                    f"{rule.get('alert') or rule.get('record')}: unknown metric {name}"
+                )

@@ -47,10 +47,12 @@ def test_valid_box_mask_uses_source_pixels():
 
 
 def test_fast_nms_drops_overlaps_per_image_and_ignores_invalid():
-    boxes = torch.tensor([
-        [[0.0, 0.0, 0.5, 0.5], [0.01, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]],
-        [[0.0, 0.0, 0.5, 0.5], [0.01, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]],
-    ])
+    boxes = torch.tensor(
+        [
+            [[0.0, 0.0, 0.5, 0.5], [0.01, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]],
+            [[0.0, 0.0, 0.5, 0.5], [0.01, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]],
+        ]
+    )
     scores = torch.tensor([[0.9, 0.8, 0.1], [float("-inf"), 0.8, 0.1]])
     keep = batched_fast_nms(boxes, scores, 0.6)
     assert keep.tolist() == [[True, False, True], [False, True, True]]

@@ -103,8 +103,16 @@ def test_goemotions_table_is_complete_and_covers_every_emotion():
 
 @pytest.mark.parametrize(
     "label, expected",
-    [("joy", "excitement"), ("fear", "fear"), ("anger", "anger"), ("sadness", "sadness"), ("disgust", "disgust"),
-     ("shame", None), ("guilt", None), ("Joy ", "excitement")],
+    [
+        ("joy", "excitement"),
+        ("fear", "fear"),
+        ("anger", "anger"),
+        ("sadness", "sadness"),
+        ("disgust", "disgust"),
+        ("shame", None),
+        ("guilt", None),
+        ("Joy ", "excitement"),
+    ],
 )
 def test_isear_mapping_cases(label, expected):
     assert map_isear_label(label) == expected
@@ -135,9 +143,7 @@ def _write_goemotions(root: Path) -> None:
         ('She said ""never again"" and left the party', f"{idx['sadness']}", "a5"),
         ("Thanks for the tip friend", f"{idx['gratitude']}", "a6"),  # dropped label
     ]
-    body = "text\tlabel\tid\n" + "".join(
-        (f'"{t}"' if '""' in t else t) + f"\t{lab}\t{i}\n" for t, lab, i in rows
-    )
+    body = "text\tlabel\tid\n" + "".join((f'"{t}"' if '""' in t else t) + f"\t{lab}\t{i}\n" for t, lab, i in rows)
     for split in ("train", "dev", "test"):
         (g / f"{split}.tsv").write_text(body if split == "train" else "text\tlabel\tid\n", encoding="utf-8")
 
@@ -147,7 +153,7 @@ def _write_isear(root: Path) -> None:
     pre = "1|" + "|".join("0" for _ in range(35))
     rows = [
         f"{pre}|joy|3|2|k1|When I passed the exam and á everybody celebrated with me.|1|",
-        f"{pre}|fear|3|2|k2|A dog chased me down á the street \\late at night\\\" and á|I ran home.\"|1|",
+        f'{pre}|fear|3|2|k2|A dog chased me down á the street \\late at night\\" and á|I ran home."|1|',
         f"{pre}|shame|3|2|k3|When I forgot my friend's birthday party completely.|1|",
         f"{pre}|anger|3|2|k4|[ No response.]|1|",
         f"{pre}|sadness|3|2|k5|I do not remember such a situation.|1|",
@@ -199,7 +205,9 @@ def test_dedupe_and_cap():
         Sentence("Sun", "contentment", "x"),
     ]
     assert [(x.text, x.source) for x in dedupe_sentences(s)] == [("A dog barks", "x"), ("Sun", "x")]
-    many = [Sentence(f"angry {i}", "anger", "goemotions") for i in range(10)] + [Sentence("seeded", "anger", SEED_SOURCE)]
+    many = [Sentence(f"angry {i}", "anger", "goemotions") for i in range(10)] + [
+        Sentence("seeded", "anger", SEED_SOURCE)
+    ]
     capped = cap_per_emotion(many, 3, seed=1)
     assert len(capped) == 3 and any(x.source == SEED_SOURCE for x in capped)
     assert capped == cap_per_emotion(many, 3, seed=1)  # reproducible
@@ -370,8 +378,23 @@ def test_cli_build_info_and_missing_data(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "idx"
-    res = runner.invoke(app, ["build", "--corpus", "seed", "--out", str(out), "--text-encoder", "tiny-random",
-                              "--index-type", "hnsw", "--max-per-emotion", "5", "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "build",
+            "--corpus",
+            "seed",
+            "--out",
+            str(out),
+            "--text-encoder",
+            "tiny-random",
+            "--index-type",
+            "hnsw",
+            "--max-per-emotion",
+            "5",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["count"] == 40 and summary["index_type"] == "hnsw"
@@ -379,7 +402,9 @@ def test_cli_build_info_and_missing_data(tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["count"] == 40
     res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "contentment" in res.stdout
-    res = runner.invoke(app, ["build", "--corpus", "isear", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")])
+    res = runner.invoke(
+        app, ["build", "--corpus", "isear", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2
     assert "isear.csv" in res.output and "--data-dir" in res.output
     assert runner.invoke(app, ["info", str(tmp_path)]).exit_code == 2
@@ -395,10 +420,25 @@ def test_clip_space_index_with_bert_features(tmp_path, monkeypatch, enc):
 
     tok = enc.tokenizer
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=32, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
-                         eos_token_id=tok.sep_token_id),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.cls_token_id,
+            eos_token_id=tok.sep_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     torch.manual_seed(0)

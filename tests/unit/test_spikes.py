@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -84,7 +84,7 @@ def stream(
 
 
 def run(observations, cfg: DetectorConfig = CFG) -> tuple[MoodAggregator, list[AlertV1]]:
-    agg = MoodAggregator({}, cfg, now=lambda: datetime(2024, 1, 1, tzinfo=timezone.utc))
+    agg = MoodAggregator({}, cfg, now=lambda: datetime(2024, 1, 1, tzinfo=UTC))
     alerts: list[AlertV1] = []
     for obs in observations:
         alerts.extend(agg.process_and_apply(obs).alerts)
@@ -140,7 +140,13 @@ def window_posts(channel: str, wi: int, n: int, negative: int, tag: str = "") ->
     neg_e = tuple(0.7 if e == "sadness" else 0.3 / 7 for e in MIKELS_EMOTIONS)
     pos_e = tuple(0.7 if e == "contentment" else 0.3 / 7 for e in MIKELS_EMOTIONS)
     return [
-        Observation(f"{channel}-{tag}{wi}-{j}", channel, T0 + wi * W + j * W / (n + 1), j < negative, neg_e if j < negative else pos_e)
+        Observation(
+            f"{channel}-{tag}{wi}-{j}",
+            channel,
+            T0 + wi * W + j * W / (n + 1),
+            j < negative,
+            neg_e if j < negative else pos_e,
+        )
         for j in range(n)
     ]
 
@@ -262,7 +268,7 @@ def test_duplicates_and_arrival_order_do_not_change_window_state(observations, s
 )
 def test_alert_id_is_deterministic_and_valid(channel, kind, start):
     a = alert_id(channel, kind, start)
-    assert a == alert_id(channel, kind, datetime.fromtimestamp(start, tz=timezone.utc))
+    assert a == alert_id(channel, kind, datetime.fromtimestamp(start, tz=UTC))
     assert a != alert_id(channel, kind, start + 1)
     assert len(a) == 32 and int(a, 16) >= 0
 
@@ -322,7 +328,7 @@ def test_a_crash_between_alert_and_state_write_re_raises_the_same_alert():
 def test_batches_give_the_same_alerts_and_state_with_fewer_writes():
     obs = stream(9, spike=("ch0", 18, 2, 0.9), duplicates=0.1)
     one, alerts_one = run(obs)
-    batched = MoodAggregator({}, CFG, now=lambda: datetime(2024, 1, 1, tzinfo=timezone.utc))
+    batched = MoodAggregator({}, CFG, now=lambda: datetime(2024, 1, 1, tzinfo=UTC))
     alerts_batched, writes_one, writes_batched = [], 0, 0
     for i in range(0, len(obs), 97):
         result = batched.process_many(obs[i : i + 97])

@@ -22,9 +22,14 @@ def synthetic_cache(n: int = 60, seed: int = 0) -> FeatureCache:
     region_feats = rng.normal(size=(n, 50, 64)).astype(np.float32)
     region_feats[:, :, 0] += np.where(labels == 1, 3.0, -3.0)[:, None]
     return FeatureCache(
-        names=[f"img{i}" for i in range(n)], labels=labels, feat_maps=fmaps.astype(np.float16), pooled=pooled,
-        pooled_flip=pooled.copy(), region_feats=region_feats.astype(np.float16),
-        region_objectness=rng.random((n, 50)).astype(np.float32), region_mask=rng.random((n, 50)) < 0.6,
+        names=[f"img{i}" for i in range(n)],
+        labels=labels,
+        feat_maps=fmaps.astype(np.float16),
+        pooled=pooled,
+        pooled_flip=pooled.copy(),
+        region_feats=region_feats.astype(np.float16),
+        region_objectness=rng.random((n, 50)).astype(np.float32),
+        region_mask=rng.random((n, 50)) < 0.6,
         caption_emb=rng.normal(size=(n, 32)).astype(np.float32),
     )
 

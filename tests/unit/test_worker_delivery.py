@@ -49,15 +49,21 @@ class _NoImages:
         raise AssertionError("no post should be fetched")
 
 
-def make_worker(consumer: FakeConsumer, *, producer: FakeProducer | None = None, analyzer=None, images=None,
-                store=None, **settings) -> tuple[AnalyzerWorker, WorkerMetrics]:
+def make_worker(
+    consumer: FakeConsumer, *, producer: FakeProducer | None = None, analyzer=None, images=None, store=None, **settings
+) -> tuple[AnalyzerWorker, WorkerMetrics]:
     """The worker with its Kafka fakes wrapped as wiring wraps the real clients."""
     metrics = WorkerMetrics.create(CollectorRegistry())
     cfg = Settings(metrics_port=0, posts_topic="posts", **settings)
-    worker = AnalyzerWorker(cfg, consumer=OutageAwareConsumer(consumer),
-                            producer=OutageAwareProducer(producer or FakeProducer()),
-                            analyzer=analyzer or _NoAnalyzer(), images=images or _NoImages(),
-                            store=store if store is not None else FakeStore(), metrics=metrics)
+    worker = AnalyzerWorker(
+        cfg,
+        consumer=OutageAwareConsumer(consumer),
+        producer=OutageAwareProducer(producer or FakeProducer()),
+        analyzer=analyzer or _NoAnalyzer(),
+        images=images or _NoImages(),
+        store=store if store is not None else FakeStore(),
+        metrics=metrics,
+    )
     worker._sleep_keeping_membership = lambda s: None  # no real waiting in unit tests
     return worker, metrics
 
@@ -191,8 +197,9 @@ def test_a_backend_outage_is_waited_out_without_dead_lettering():
 
 def test_documents_the_store_refuses_are_dead_lettered_one_by_one_with_their_own_reason():
     consumer, producer, store = FakeConsumer({TP}), FakeProducer(), _RefusingStore({"p-2", "p-4"})
-    worker, metrics = make_worker(consumer, producer=producer, analyzer=_FakeAnalyzer(), images=_DecodedImages(),
-                                  store=store)
+    worker, metrics = make_worker(
+        consumer, producer=producer, analyzer=_FakeAnalyzer(), images=_DecodedImages(), store=store
+    )
     report = worker.process(valid_batch("p-1", "p-2", "p-3", "p-4"))
     assert report.processed == 2 and report.dead_lettered == 2
     assert [r.post_id for r in store.docs] == ["p-1", "p-3"]

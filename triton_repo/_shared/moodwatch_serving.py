@@ -204,7 +204,9 @@ class BackboneStage(Stage):
         self.backbone = self.load_backbone()
 
     def run(self, batch):
-        feat_map, pooled = self.backbone(normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"]))))
+        feat_map, pooled = self.backbone(
+            normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"])))
+        )
         return {"FEATURE_MAP": _np(feat_map), "POOLED": _np(pooled)}
 
 
@@ -240,7 +242,10 @@ class HeadsStage(Stage):
 
     def run(self, batch):
         polarity, emotions = self._heads(
-            self.heads, self.tensor(batch["FEATURE_MAP"]), self.tensor(batch["POOLED"]), self.tensor(batch["TEXT_FEATURES"])
+            self.heads,
+            self.tensor(batch["FEATURE_MAP"]),
+            self.tensor(batch["POOLED"]),
+            self.tensor(batch["TEXT_FEATURES"]),
         )
         return {"POLARITY": _np(polarity), "EMOTIONS": _np(emotions)}
 
@@ -292,7 +297,9 @@ class FusedStage(Stage):
         self._retrieve, self._heads = retrieval_stage, heads_stage
 
     def run(self, batch):
-        feat_map, pooled = self.backbone(normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"]))))
+        feat_map, pooled = self.backbone(
+            normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"])))
+        )
         retrieval = self._retrieve(self.heads, self.database, pooled, self.k)
         text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
         polarity, emotions = self._heads(self.heads, feat_map, pooled, text_feats)
@@ -321,4 +328,3 @@ def _as_dtype(array: np.ndarray, dtype) -> np.ndarray:
 
 def _error(message: str):
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
-

@@ -191,8 +191,12 @@ def install_index(es: Elasticsearch, index: str, template: dict[str, Any]) -> st
 def install_templates(es: Elasticsearch, settings: ElasticsearchSettings) -> dict[str, str]:
     """Templates and indices of the results and the alerts (see ``install_index``)."""
     return {
-        settings.es_results_index: install_index(es, settings.es_results_index, results_template(settings.es_results_index)),
-        settings.es_alerts_index: install_index(es, settings.es_alerts_index, alerts_template(settings.es_alerts_index)),
+        settings.es_results_index: install_index(
+            es, settings.es_results_index, results_template(settings.es_results_index)
+        ),
+        settings.es_alerts_index: install_index(
+            es, settings.es_alerts_index, alerts_template(settings.es_alerts_index)
+        ),
     }
 
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,14 +94,22 @@ class _NoBody(nn.Module):
 def pixel_resizer(input_size: tuple[int, int], resize_mode: str) -> ImageBackbone:
     """``ImageBackbone.preprocess`` with mean 0 and std 1: the resized 0..255 pixels, bit for bit the
     tensor the local backbone normalises (x - 0) / 1 == x; the server applies the normalisation."""
-    return ImageBackbone(_NoBody(), name="client-resize", input_size=input_size, mean=(0.0, 0.0, 0.0),
-                         std=(1.0, 1.0, 1.0), resize_mode=resize_mode)
+    return ImageBackbone(
+        _NoBody(),
+        name="client-resize",
+        input_size=input_size,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        resize_mode=resize_mode,
+    )
 
 
 class TritonAnalyzer:
     """Analyzer backed by the ``moodwatch`` model on tritonserver (pipelines.analyzer_api.Analyzer)."""
 
-    def __init__(self, options: TritonOptions = TritonOptions(), analyzer_options: AnalyzerOptions = AnalyzerOptions()) -> None:
+    def __init__(
+        self, options: TritonOptions = TritonOptions(), analyzer_options: AnalyzerOptions = AnalyzerOptions()
+    ) -> None:
         import tritonclient.grpc as grpcclient
 
         self.options = options
@@ -118,7 +127,7 @@ class TritonAnalyzer:
     @classmethod
     def from_settings(
         cls, settings: TritonSettings, analyzer_options: AnalyzerOptions, *, connect: bool = True
-    ) -> "TritonAnalyzer":
+    ) -> TritonAnalyzer:
         """From MOODWATCH_TRITON_* settings. A server that is not up yet is not an error here: the
         worker starts, reports not-ready on /readyz, and retries each batch until the model answers."""
         options = TritonOptions(
@@ -133,8 +142,14 @@ class TritonAnalyzer:
         if connect:
             try:
                 contract = analyzer.connect()
-                log.info("triton analyzer ready", url=options.url, model=options.model, heads=contract.versions.heads,
-                         index=contract.versions.index, image_encoder=contract.versions.image_encoder)
+                log.info(
+                    "triton analyzer ready",
+                    url=options.url,
+                    model=options.model,
+                    heads=contract.versions.heads,
+                    index=contract.versions.index,
+                    image_encoder=contract.versions.image_encoder,
+                )
             except BackendUnavailable as exc:
                 log.warning("triton backend not available yet; batches will wait and retry", error=str(exc))
         return analyzer
@@ -147,8 +162,15 @@ class TritonAnalyzer:
         proposals = "selective_search" if self.analyzer_options.regions_enabled else None
         if self._contract is not None:
             return self._contract.versions.model_copy(update={"region_proposals": proposals})
-        return ModelVersions(analyzer=ANALYZER_VERSION, backend="triton", image_encoder=_UNKNOWN,
-                             text_encoder=_UNKNOWN, heads=_UNKNOWN, index=_UNKNOWN, region_proposals=proposals)
+        return ModelVersions(
+            analyzer=ANALYZER_VERSION,
+            backend="triton",
+            image_encoder=_UNKNOWN,
+            text_encoder=_UNKNOWN,
+            heads=_UNKNOWN,
+            index=_UNKNOWN,
+            region_proposals=proposals,
+        )
 
     def analyze(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
         if not images:
@@ -158,7 +180,9 @@ class TritonAnalyzer:
         contract = self.connect()
         opts = self.analyzer_options
         want_regions = opts.regions_enabled and opts.regions_top_k > 0
-        pending = [self._proposals.submit(region_candidates, img, opts.region) for img in images] if want_regions else []
+        pending = (
+            [self._proposals.submit(region_candidates, img, opts.region) for img in images] if want_regions else []
+        )
         try:
             pixels = self._resize(contract, images)
         except (TypeError, ValueError) as exc:
@@ -166,7 +190,9 @@ class TritonAnalyzer:
                 fut.cancel()
             raise AnalysisFailed(f"cannot preprocess image: {exc}") from exc
         resized = time.perf_counter()
-        candidates: list[RegionCandidates | None] = [fut.result() for fut in pending] if want_regions else [None] * len(images)
+        candidates: list[RegionCandidates | None] = (
+            [fut.result() for fut in pending] if want_regions else [None] * len(images)
+        )
         candidates = [_cap(c, contract.max_regions) for c in candidates]
         proposed = time.perf_counter()
 
@@ -179,7 +205,9 @@ class TritonAnalyzer:
             if cand is not None and len(cand.boxes):
                 boxes[i, : len(cand.boxes)] = cand.boxes
                 counts[i, 0] = len(cand.boxes)
-        outputs = self._infer_batch(contract, {"PIXELS": pixels, "BOXES": boxes, "BOX_COUNT": counts, "IMAGE_SIZE": sizes})
+        outputs = self._infer_batch(
+            contract, {"PIXELS": pixels, "BOXES": boxes, "BOX_COUNT": counts, "IMAGE_SIZE": sizes}
+        )
         answered = time.perf_counter()
 
         results = []
@@ -192,7 +220,13 @@ class TritonAnalyzer:
                 compose_analysis(
                     torch.from_numpy(np.array(outputs["POLARITY"][i], dtype=np.float32)),
                     torch.from_numpy(np.array(outputs["EMOTIONS"][i], dtype=np.float32)),
-                    dists, candidates[i], evidence, outputs["RETRIEVAL_SCORES"][i], width, height, opts,
+                    dists,
+                    candidates[i],
+                    evidence,
+                    outputs["RETRIEVAL_SCORES"][i],
+                    width,
+                    height,
+                    opts,
                 )
             )
         self.last_stage_seconds = {
@@ -207,8 +241,10 @@ class TritonAnalyzer:
         """Server live and the model ready (for /readyz); never raises."""
         timeout = self.options.connect_timeout_s
         try:
-            return bool(self._client.is_server_live(client_timeout=timeout)
-                        and self._client.is_model_ready(self.options.model, client_timeout=timeout))
+            return bool(
+                self._client.is_server_live(client_timeout=timeout)
+                and self._client.is_model_ready(self.options.model, client_timeout=timeout)
+            )
         except Exception:  # noqa: BLE001 - readiness is a yes/no question
             return False
 
@@ -237,7 +273,7 @@ class TritonAnalyzer:
             url, model, timeout = self.options.url, self.options.model, self.options.connect_timeout_s
             try:
                 live = self._client.is_server_live(client_timeout=timeout)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise BackendUnavailable(
                     f"Triton server at {url} is not reachable ({_short(exc)}); is tritonserver running there? "
                     f"(MOODWATCH_TRITON_URL)"
@@ -246,14 +282,18 @@ class TritonAnalyzer:
                 raise BackendUnavailable(f"Triton server at {url} answers but is not live (shutting down?)")
             try:
                 model_ready = self._client.is_model_ready(model, client_timeout=timeout)
-            except Exception as exc:  # noqa: BLE001
-                raise BackendUnavailable(f"Triton server at {url}: readiness of model {model!r} unknown ({_short(exc)})") from exc
+            except Exception as exc:
+                raise BackendUnavailable(
+                    f"Triton server at {url}: readiness of model {model!r} unknown ({_short(exc)})"
+                ) from exc
             if not model_ready:
                 raise BackendUnavailable(self._model_missing_message())
             try:
                 config = self._client.get_model_config(model, as_json=True, client_timeout=timeout)["config"]
-            except Exception as exc:  # noqa: BLE001
-                raise BackendUnavailable(f"Triton server at {url}: cannot read the config of {model!r} ({_short(exc)})") from exc
+            except Exception as exc:
+                raise BackendUnavailable(
+                    f"Triton server at {url}: cannot read the config of {model!r} ({_short(exc)})"
+                ) from exc
             self._contract = parse_contract(config, model, url)
             self._resizer = None
             return self._contract
@@ -308,9 +348,11 @@ class TritonAnalyzer:
         delay = self.options.retry_backoff_s
         for attempt in range(1, attempts + 1):
             try:
-                result = self._client.infer(contract.model, inputs, outputs=outputs, client_timeout=self.options.timeout_s)
+                result = self._client.infer(
+                    contract.model, inputs, outputs=outputs, client_timeout=self.options.timeout_s
+                )
                 return {name: result.as_numpy(name) for name in OUTPUTS}
-            except Exception as exc:  # noqa: BLE001 - translated below
+            except Exception as exc:
                 status = _status(exc)
                 if status == "UNAVAILABLE" and attempt < attempts:
                     log.info("triton unavailable, retrying", url=self.options.url, attempt=attempt, error=_short(exc))
@@ -334,7 +376,9 @@ class TritonAnalyzer:
         if status == "NOT_FOUND":
             return BackendUnavailable(f"{self._model_missing_message()} [{_short(exc)}]")
         if status in _TRANSIENT or not status:
-            return BackendUnavailable(f"Triton at {url}, model {model!r}: {status or type(exc).__name__}: {_short(exc)}")
+            return BackendUnavailable(
+                f"Triton at {url}, model {model!r}: {status or type(exc).__name__}: {_short(exc)}"
+            )
         message = _short(exc, 500)
         if status == "INTERNAL" and ("stub" in message.lower() or "not healthy" in message.lower()):
             return BackendUnavailable(f"Triton at {url}, model {model!r}: python backend stub failed: {message}")
@@ -358,7 +402,9 @@ def parse_contract(config: dict[str, Any], model: str, url: str) -> ModelContrac
     pixel_dims = [int(d) for d in inputs["PIXELS"]["dims"]]
     box_dims = [int(d) for d in inputs["BOXES"]["dims"]]
     if len(pixel_dims) != 3 or pixel_dims[0] != 3 or min(pixel_dims) < 1 or len(box_dims) != 2 or box_dims[1] != 4:
-        raise BackendUnavailable(f"model {model!r} on Triton at {url}: unexpected PIXELS {pixel_dims} / BOXES {box_dims} dims")
+        raise BackendUnavailable(
+            f"model {model!r} on Triton at {url}: unexpected PIXELS {pixel_dims} / BOXES {box_dims} dims"
+        )
     k = int(next((o["dims"][0] for o in config["output"] if o["name"] == "RETRIEVAL_SCORES"), 0))
     versions = ModelVersions(
         analyzer=params.get("moodwatch.analyzer", ANALYZER_VERSION),

@@ -71,27 +71,47 @@ class AggregatorSettings(KafkaSettings, ElasticsearchSettings, EventTimeSettings
     hop_step_s: int = Field(300, ge=1, description="hopping window advance in seconds")
     baseline_windows: int = Field(12, ge=1, description="trailing tumbling windows pooled into the baseline")
     retention_windows: int = Field(
-        14, ge=2, description="tumbling windows kept behind the newest one (> baseline_windows); older posts count as late"
+        14,
+        ge=2,
+        description="tumbling windows kept behind the newest one (> baseline_windows); older posts count as late",
     )
     dedup_shards: int = Field(8, ge=1, le=1024, description="post-id dedup sets per window (smaller changelog records)")
 
     # -- negative spike detection -------------------------------------------------------------
     spike_min_count: int = Field(12, ge=1, description="posts a window needs before it can raise a negative spike")
     spike_min_baseline_count: int = Field(30, ge=1, description="posts the baseline windows need together")
-    spike_alpha_arm: float = Field(1e-5, gt=0, lt=1, description="binomial test p-value below which a spike alerts (arm)")
-    spike_alpha_disarm: float = Field(0.05, gt=0, lt=1, description="p-value above which a closed window ends the incident")
+    spike_alpha_arm: float = Field(
+        1e-5, gt=0, lt=1, description="binomial test p-value below which a spike alerts (arm)"
+    )
+    spike_alpha_disarm: float = Field(
+        0.05, gt=0, lt=1, description="p-value above which a closed window ends the incident"
+    )
     spike_min_effect: float = Field(0.25, ge=0, le=1, description="negative share minus baseline share needed to alert")
-    spike_disarm_effect: float = Field(0.10, ge=0, le=1, description="effect below which a closed window ends the incident")
-    spike_cooldown_windows: int = Field(3, ge=0, description="windows after an alert in which no new alert of that kind is raised")
-    spike_prior_negative_share: float = Field(0.3, ge=0, le=1, description="prior negative share the baseline is shrunk towards")
+    spike_disarm_effect: float = Field(
+        0.10, ge=0, le=1, description="effect below which a closed window ends the incident"
+    )
+    spike_cooldown_windows: int = Field(
+        3, ge=0, description="windows after an alert in which no new alert of that kind is raised"
+    )
+    spike_prior_negative_share: float = Field(
+        0.3, ge=0, le=1, description="prior negative share the baseline is shrunk towards"
+    )
     spike_prior_strength: float = Field(10.0, ge=0, description="weight of that prior, in posts")
 
     # -- emotion shift detection --------------------------------------------------------------
     shift_min_count: int = Field(20, ge=1, description="posts a closed window needs to raise an emotion shift")
-    shift_alpha: float = Field(1e-4, gt=0, lt=1, description="p-value of the conditional binomial test below which a shift alerts")
-    shift_min_effect: float = Field(0.10, ge=0, le=1, description="rise of the new dominant emotion's mean probability needed")
-    shift_min_lead: float = Field(0.05, ge=0, le=1, description="lead of the new dominant emotion over the old one needed")
-    shift_disarm_effect: float = Field(0.05, ge=0, le=1, description="rise below which a closed window ends the shift incident")
+    shift_alpha: float = Field(
+        1e-4, gt=0, lt=1, description="p-value of the conditional binomial test below which a shift alerts"
+    )
+    shift_min_effect: float = Field(
+        0.10, ge=0, le=1, description="rise of the new dominant emotion's mean probability needed"
+    )
+    shift_min_lead: float = Field(
+        0.05, ge=0, le=1, description="lead of the new dominant emotion over the old one needed"
+    )
+    shift_disarm_effect: float = Field(
+        0.05, ge=0, le=1, description="rise below which a closed window ends the shift incident"
+    )
 
     aggregator_thresholds_refresh_s: float = Field(
         30.0, ge=0, description=(
@@ -107,11 +127,13 @@ class AggregatorSettings(KafkaSettings, ElasticsearchSettings, EventTimeSettings
         None, description="HMAC-SHA256 key for the X-Moodwatch-Signature header (never logged)"
     )
     alert_webhook_timeout_s: float = Field(5.0, gt=0, description="timeout of one webhook request")
-    alert_webhook_max_attempts: int = Field(6, ge=1, description="webhook attempts per alert (retried on 5xx, 429, network errors)")
+    alert_webhook_max_attempts: int = Field(
+        6, ge=1, description="webhook attempts per alert (retried on 5xx, 429, network errors)"
+    )
     alert_webhook_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between webhook attempts")
 
     @model_validator(mode="after")
-    def _windows_consistent(self) -> "AggregatorSettings":
+    def _windows_consistent(self) -> AggregatorSettings:
         self.detector_config()  # raises ValueError with a clear message on inconsistent values
         return self
 

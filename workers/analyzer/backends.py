@@ -43,8 +43,13 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     backbone = load_image_backbone(settings.image_encoder, settings.device)
     database = load_database(settings)
     analyzer = LocalAnalyzer(backbone, heads, database, analyzer_options(settings))
-    log.info("local analyzer ready", heads=analyzer.versions.heads, index=analyzer.versions.index,
-             sentences=len(database), image_encoder=backbone.name)
+    log.info(
+        "local analyzer ready",
+        heads=analyzer.versions.heads,
+        index=analyzer.versions.index,
+        sentences=len(database),
+        image_encoder=backbone.name,
+    )
     return analyzer
 
 

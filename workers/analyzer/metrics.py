@@ -27,14 +27,12 @@ class WorkerMetrics:
     event_time_clamped: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> "WorkerMetrics":
+    def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         registry = registry if registry is not None else REGISTRY
         return cls(
             registry=registry,
             posts_consumed=Counter("moodwatch_posts_consumed", "Posts read from the posts topic", registry=registry),
-            posts_processed=Counter(
-                "moodwatch_posts_processed", "Posts analysed and stored", registry=registry
-            ),
+            posts_processed=Counter("moodwatch_posts_processed", "Posts analysed and stored", registry=registry),
             posts_dead_lettered=Counter(
                 "moodwatch_posts_dead_lettered", "Posts sent to the dead-letter topic", ["stage"], registry=registry
             ),
@@ -68,7 +66,7 @@ class WorkerMetrics:
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_metrics() -> WorkerMetrics:
     """The process-wide metrics on the default registry (what /metrics serves); created once."""
     return WorkerMetrics.create()

@@ -14,7 +14,13 @@ from pipelines.errors import ItemsRejected, PermanentError, TransientError
 from schemas.results import AnalysisResultV1
 
 __all__ = [
-    "GroupConsumer", "ImageSource", "ItemsRejected", "PermanentError", "Producer", "ResultStore", "TransientError",
+    "GroupConsumer",
+    "ImageSource",
+    "ItemsRejected",
+    "PermanentError",
+    "Producer",
+    "ResultStore",
+    "TransientError",
 ]
 
 
@@ -63,8 +69,14 @@ class Acknowledgement(Protocol):
 class Producer(Protocol):
     """Results and dead letters go out through this; a message not acknowledged raises TransientError."""
 
-    def send(self, topic: str, *, key: bytes | None = None, value: bytes | None = None,
-             headers: list[tuple[str, bytes]] | None = None) -> Acknowledgement: ...
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Acknowledgement: ...
 
     def flush(self, timeout: float | None = None) -> None: ...
 

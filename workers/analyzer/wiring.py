@@ -31,8 +31,14 @@ log = get_logger("moodwatch.runtime")
 SINK_RETRY_S = 10.0
 
 
-def build_worker(settings: AnalyzerSettings, *, analyzer: Any = None, metrics: WorkerMetrics | None = None,
-                 health: HealthState | None = None, create_topics: bool = True) -> AnalyzerWorker:
+def build_worker(
+    settings: AnalyzerSettings,
+    *,
+    analyzer: Any = None,
+    metrics: WorkerMetrics | None = None,
+    health: HealthState | None = None,
+    create_topics: bool = True,
+) -> AnalyzerWorker:
     es = make_es_client(settings)
     install_templates(es, settings)
     if create_topics:
@@ -45,13 +51,15 @@ def build_worker(settings: AnalyzerSettings, *, analyzer: Any = None, metrics: W
         health.add_check("model_backend", analyzer.ready)
     return AnalyzerWorker(
         settings,
-        consumer=OutageAwareConsumer(make_consumer(
-            settings,
-            group_id=settings.consumer_group,
-            client_id="moodwatch-analyzer",
-            max_poll_records=settings.batch_max_posts,
-            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        )),
+        consumer=OutageAwareConsumer(
+            make_consumer(
+                settings,
+                group_id=settings.consumer_group,
+                client_id="moodwatch-analyzer",
+                max_poll_records=settings.batch_max_posts,
+                max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+            )
+        ),
         producer=OutageAwareProducer(make_producer(settings)),
         analyzer=analyzer,
         images=ImageLoader(settings),

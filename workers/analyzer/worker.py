@@ -130,8 +130,11 @@ STALL_EXIT_CODE = 75  # EX_TEMPFAIL: restart me
 
 
 def exit_stalled(seconds: float) -> None:
-    log.error("kafka consumer stalled; exiting for a restart (uncommitted work is re-read)",
-              stalled_s=round(seconds, 1), exit_code=STALL_EXIT_CODE)
+    log.error(
+        "kafka consumer stalled; exiting for a restart (uncommitted work is re-read)",
+        stalled_s=round(seconds, 1),
+        exit_code=STALL_EXIT_CODE,
+    )
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     os._exit(STALL_EXIT_CODE)  # the main thread is stuck in the client: a clean shutdown cannot run
@@ -187,8 +190,12 @@ class AnalyzerWorker:
         """Consume until stopped (SIGTERM finishes the batch in hand, then commits and exits)."""
         self.subscribe()
         batches, idle_since = 0, time.monotonic()
-        log.info("analyzer started", topic=self.settings.posts_topic, group=self.settings.consumer_group,
-                 backend=self.analyzer.versions.backend)
+        log.info(
+            "analyzer started",
+            topic=self.settings.posts_topic,
+            group=self.settings.consumer_group,
+            backend=self.analyzer.versions.backend,
+        )
         watchdog = threading.Thread(target=self._watch_for_stalls, name="kafka-stall-watchdog", daemon=True)
         watchdog.start()
         try:
@@ -234,8 +241,11 @@ class AnalyzerWorker:
             return
         stalled = now - self._last_progress
         if stalled > self.settings.kafka_stall_exit_s:
-            log.error("consumer returns no records although its partitions have lag", lag=self._lag_total,
-                      stalled_s=round(stalled, 1))
+            log.error(
+                "consumer returns no records although its partitions have lag",
+                lag=self._lag_total,
+                stalled_s=round(stalled, 1),
+            )
             self.on_stall(stalled)
 
     def _poll(self, timeout_ms: int, **kw: Any) -> dict[Any, list[Any]]:
@@ -378,16 +388,16 @@ class AnalyzerWorker:
             results.append((item, result))
         return results
 
-    def _store(
-        self, done: list[tuple[Accepted, AnalysisResultV1]], rejected: list[Rejected]
-    ) -> list[AnalysisResultV1]:
+    def _store(self, done: list[tuple[Accepted, AnalysisResultV1]], rejected: list[Rejected]) -> list[AnalysisResultV1]:
         """Store the batch; dead-letter what the store refuses. A post_id repeated within the batch is
         written in a later round, so the store compares it with the first like any reused post_id."""
         stored = []
         for round_ in _rounds_by_post_id(done):
             results = [result for _, result in round_]
             try:
-                self._retry_until_done("store", lambda results=results: self.store.write(results), self.metrics.store_errors)
+                self._retry_until_done(
+                    "store", lambda results=results: self.store.write(results), self.metrics.store_errors
+                )
                 stored += round_
             except ItemsRejected as exc:
                 refused = set(exc.ids)
@@ -448,8 +458,10 @@ class AnalyzerWorker:
             # The group rebalanced while we held the batch: the new owner re-reads it, and the
             # idempotent store write makes that harmless.
             self.metrics.commit_errors.inc()
-            log.warning("commit failed after rebalance; batch will be re-read by the new owner",
-                        error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "commit failed after rebalance; batch will be re-read by the new owner",
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return False
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -472,15 +484,20 @@ class AnalyzerWorker:
                     waited = time.monotonic() - started
                     if waited > self.settings.store_retry_max_s:
                         raise
-                    log.warning(f"{stage} unavailable, retrying", error=f"{type(exc).__name__}: {exc}",
-                                waited_s=round(waited, 1), next_retry_s=round(delay, 2))
+                    log.warning(
+                        f"{stage} unavailable, retrying",
+                        error=f"{type(exc).__name__}: {exc}",
+                        waited_s=round(waited, 1),
+                        next_retry_s=round(delay, 2),
+                    )
                     if not paused:
                         self.consumer.pause(*self.consumer.assignment())
                         paused = self.waiting = True
                     self._sleep_keeping_membership(delay)
                     if self.stop_event.is_set():
                         raise ShutdownDuringRetry(
-                            f"shutdown while {stage} was unavailable; batch not committed") from exc
+                            f"shutdown while {stage} was unavailable; batch not committed"
+                        ) from exc
                     delay = min(delay * 2, 5.0)
         finally:
             if paused:

@@ -53,11 +53,17 @@ def _dir_size(path: Path) -> int:
 
 @app.command("build")
 def build(
-    corpus: list[Corpus] = typer.Option(["seed"], "--corpus", "-c", help="corpora to include (repeat): seed, goemotions, isear"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="shared data folder (holds text/); default $MOODWATCH_DATA_DIR or ../shared/data"),
+    corpus: list[Corpus] = typer.Option(
+        ["seed"], "--corpus", "-c", help="corpora to include (repeat): seed, goemotions, isear"
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="shared data folder (holds text/); default $MOODWATCH_DATA_DIR or ../shared/data"
+    ),
     out: Path = typer.Option(Path("artifacts/index/full"), "--out", "-o", help="output folder"),
     index_type: IndexType = typer.Option(IndexType.flat, "--index-type", help="flat (exact) | hnsw | ivf"),
-    max_per_emotion: Optional[int] = typer.Option(None, "--max-per-emotion", min=1, help="balanced cap per Mikels emotion (seed sentences kept first)"),
+    max_per_emotion: Optional[int] = typer.Option(
+        None, "--max-per-emotion", min=1, help="balanced cap per Mikels emotion (seed sentences kept first)"
+    ),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="default: MOODWATCH_TEXT_ENCODER setting"),
     device: Optional[str] = typer.Option(None, "--device", help="default: MOODWATCH_DEVICE setting"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
@@ -88,7 +94,16 @@ def build(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     t0 = time.perf_counter()
-    db = build_database(names, ddir, enc, out, index_type.value, max_per_emotion=max_per_emotion, progress=progress, batch_size=batch_size)
+    db = build_database(
+        names,
+        ddir,
+        enc,
+        out,
+        index_type.value,
+        max_per_emotion=max_per_emotion,
+        progress=progress,
+        batch_size=batch_size,
+    )
     elapsed = time.perf_counter() - t0
     typer.echo(
         json.dumps(
@@ -134,7 +149,9 @@ def info(
     head.add_row("index", f"{m['index']['type']} ({m['index']['metric']}) {m['index'].get('params') or ''}")
     head.add_row("text encoder", f"{m['text_encoder']['name']} ({m['text_encoder']['dim']}-d features)")
     emb = m["embedding_encoder"]
-    head.add_row("retrieval space", f"{emb['name']} ({emb['dim']}-d){' = features' if emb.get('shared_with_features') else ''}")
+    head.add_row(
+        "retrieval space", f"{emb['name']} ({emb['dim']}-d){' = features' if emb.get('shared_with_features') else ''}"
+    )
     head.add_row("size", f"{_dir_size(directory) / 1e6:.1f} MB")
     console.print(head)
     counts = Table("emotion", "sentences")

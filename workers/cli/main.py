@@ -65,9 +65,12 @@ def analyze(
     try:
         for path in paths:
             try:
-                image = decode_image(path.read_bytes(), max_pixels=settings.image_max_pixels,
-                                     formats=settings.image_formats,
-                                     max_side=settings.image_analysis_max_side)
+                image = decode_image(
+                    path.read_bytes(),
+                    max_pixels=settings.image_max_pixels,
+                    formats=settings.image_formats,
+                    max_side=settings.image_analysis_max_side,
+                )
             except ImageError as exc:
                 typer.echo(json.dumps({"path": str(path), "error": type(exc).__name__, "message": str(exc)}))
                 exit_code = 1
@@ -79,8 +82,10 @@ def analyze(
                 typer.echo(json.dumps(record))
             else:
                 top = analysis.evidence[0].text if analysis.evidence else ""
-                typer.echo(f"{path}\t{analysis.polarity}\t{analysis.polarity_probs.positive:.3f}\t"
-                           f"{analysis.dominant_emotion}\t{len(analysis.regions)} regions\t{top}")
+                typer.echo(
+                    f"{path}\t{analysis.polarity}\t{analysis.polarity_probs.positive:.3f}\t"
+                    f"{analysis.dominant_emotion}\t{len(analysis.regions)} regions\t{top}"
+                )
     finally:
         analyzer.close()
     raise typer.Exit(exit_code)

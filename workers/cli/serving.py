@@ -44,14 +44,30 @@ def _settings(**overrides):
 
 @app.command("export")
 def export(
-    repo: Path = typer.Option(..., "--repo", help="folder to write the model repository to (replaced if it holds an earlier export)"),
-    kind: Kind = typer.Option(Kind.cpu, "--kind", help="cpu: KIND_CPU instances; gpu: KIND_GPU instances, bigger batches"),
-    heads: Optional[Path] = typer.Option(None, "--heads", help="heads checkpoint (default: MOODWATCH_HEADS_PATH, else the shipped heads)"),
-    index: Optional[Path] = typer.Option(None, "--index", help="retrieval index folder (default: MOODWATCH_INDEX_DIR, else the seed index)"),
-    image_encoder: Optional[str] = typer.Option(None, "--image-encoder", help="backbone spec (default: MOODWATCH_IMAGE_ENCODER)"),
-    retrieval_k: Optional[int] = typer.Option(None, "--retrieval-k", min=1, help="sentences retrieved per image (default: MOODWATCH_RETRIEVAL_K)"),
+    repo: Path = typer.Option(
+        ..., "--repo", help="folder to write the model repository to (replaced if it holds an earlier export)"
+    ),
+    kind: Kind = typer.Option(
+        Kind.cpu, "--kind", help="cpu: KIND_CPU instances; gpu: KIND_GPU instances, bigger batches"
+    ),
+    heads: Optional[Path] = typer.Option(
+        None, "--heads", help="heads checkpoint (default: MOODWATCH_HEADS_PATH, else the shipped heads)"
+    ),
+    index: Optional[Path] = typer.Option(
+        None, "--index", help="retrieval index folder (default: MOODWATCH_INDEX_DIR, else the seed index)"
+    ),
+    image_encoder: Optional[str] = typer.Option(
+        None, "--image-encoder", help="backbone spec (default: MOODWATCH_IMAGE_ENCODER)"
+    ),
+    retrieval_k: Optional[int] = typer.Option(
+        None, "--retrieval-k", min=1, help="sentences retrieved per image (default: MOODWATCH_RETRIEVAL_K)"
+    ),
     max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", min=1, help="default: 32 (cpu) / 64 (gpu)"),
-    model: Optional[list[str]] = typer.Option(None, "--model", help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the one-model variant)"),
+    model: Optional[list[str]] = typer.Option(
+        None,
+        "--model",
+        help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the one-model variant)",
+    ),
 ) -> None:
     """Write a servable Triton model repository: rendered configs, weights, index."""
     from pipelines.checkpoints import DEFAULT_HEADS, CheckpointError
@@ -67,8 +83,14 @@ def export(
         index = settings.index_dir or default_index_dir(settings.artifacts_dir)
     try:
         result = export_repository(
-            heads_path, index, repo, kind.value, image_encoder=settings.image_encoder,
-            retrieval_k=settings.retrieval_k, max_batch_size=max_batch_size, models=model or None,
+            heads_path,
+            index,
+            repo,
+            kind.value,
+            image_encoder=settings.image_encoder,
+            retrieval_k=settings.retrieval_k,
+            max_batch_size=max_batch_size,
+            models=model or None,
         )
     except (ExportError, CheckpointError, IndexMismatchError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -82,7 +104,9 @@ def serve(
     grpc_port: int = typer.Option(8001, help="0 = any free port"),
     http_port: int = typer.Option(8000, help="0 = any free port"),
     metrics_port: int = typer.Option(8002, help="0 = any free port"),
-    model_control: ModelControl = typer.Option(ModelControl.none, help="none: load every model; explicit: only --load-model"),
+    model_control: ModelControl = typer.Option(
+        ModelControl.none, help="none: load every model; explicit: only --load-model"
+    ),
     load_model: Optional[list[str]] = typer.Option(None, "--load-model", help="with explicit control (repeatable)"),
     log_dir: Path = typer.Option(Path("artifacts/triton-logs"), help="server log and the python backend copy"),
 ) -> None:
@@ -91,8 +115,12 @@ def serve(
     from workers.devstack.triton_server import TritonNotInstalled, TritonServer
 
     server = TritonServer(
-        repo, log_dir=log_dir, port=grpc_port or None, model_control=model_control.value,
-        load_models=load_model or (), name="tritonserver",
+        repo,
+        log_dir=log_dir,
+        port=grpc_port or None,
+        model_control=model_control.value,
+        load_models=load_model or (),
+        name="tritonserver",
     )
     if http_port:
         server.ports["http"] = http_port
@@ -136,8 +164,17 @@ def status(
         raise typer.Exit(1) from exc
     finally:
         analyzer.close()
-    typer.echo(json.dumps({
-        "url": settings.triton_url, "model": contract.model, "input_size": contract.input_size,
-        "max_regions": contract.max_regions, "retrieval_k": contract.retrieval_k,
-        "max_batch_size": contract.max_batch_size, "versions": contract.versions.model_dump(),
-    }, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "url": settings.triton_url,
+                "model": contract.model,
+                "input_size": contract.input_size,
+                "max_regions": contract.max_regions,
+                "retrieval_k": contract.retrieval_k,
+                "max_batch_size": contract.max_batch_size,
+                "versions": contract.versions.model_dump(),
+            },
+            indent=2,
+        )
+    )

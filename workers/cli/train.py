@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +18,9 @@ console = Console(stderr=True)
 eval_app = typer.Typer(help="Evaluate on benchmark data.", no_args_is_help=True)
 
 
-def _load_inputs(data_dir: Optional[Path], subset: str, index_dir: Optional[Path], settings: AnalysisSettings, regions: bool):
+def _load_inputs(
+    data_dir: Optional[Path], subset: str, index_dir: Optional[Path], settings: AnalysisSettings, regions: bool
+):
     from models.encoders import load_image_backbone, load_text_encoder
     from pipelines.datasets import DatasetNotFound, default_data_dir, load_twitter1
     from pipelines.features import cached_features
@@ -40,8 +42,11 @@ def _load_inputs(data_dir: Optional[Path], subset: str, index_dir: Optional[Path
     idx = np.array([i for i, n in enumerate(cache.names) if n in wanted])
     cache = cache.subset(idx)
     cache.labels = np.array([labels[n] for n in cache.names])  # the subset's own agreement labels
-    db = SentenceDatabase.load(index_dir) if index_dir else ensure_seed_index(
-        default_index_dir(settings.artifacts_dir), text_encoder)
+    db = (
+        SentenceDatabase.load(index_dir)
+        if index_dir
+        else ensure_seed_index(default_index_dir(settings.artifacts_dir), text_encoder)
+    )
     return cache, db, backbone, text_encoder
 
 
@@ -54,7 +59,10 @@ def train(
     epochs: int = typer.Option(15),
     regions: bool = typer.Option(True, help="compute region proposals for the region scorer (slow the first time)"),
     reviews: Optional[Path] = typer.Option(
-        None, "--reviews", exists=True, dir_okay=False,
+        None,
+        "--reviews",
+        exists=True,
+        dir_okay=False,
         help="fine-tune the current heads (MOODWATCH_HEADS_PATH) on a `moodwatch reviews export` JSONL instead",
     ),
     image_root: Optional[Path] = typer.Option(
@@ -82,14 +90,16 @@ def train(
     from pipelines.train import __doc__ as supervision_doc
 
     card = {
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "seed": seed,
         "index": f"{db.version} ({len(db)} sentences: {db.emotion_counts()})",
         "image_encoder": backbone.name,
         "text_encoder": text_encoder.name,
         "config": cfg.to_dict(),
-        "data": {"twitter1": f"{len(cache.names)} images, subset {subset}-agree, labels 1=positive",
-                 "captions": "twitter1-dev/captions.csv (aligned encoder only)"},
+        "data": {
+            "twitter1": f"{len(cache.names)} images, subset {subset}-agree, labels 1=positive",
+            "captions": "twitter1-dev/captions.csv (aligned encoder only)",
+        },
         "supervision": {"summary": " ".join(supervision_doc.split("\n\n")[1].split())},
         "metrics": {
             "final_losses": {k: (v[-1] if v else None) for k, v in history.items()},
@@ -97,7 +107,7 @@ def train(
             "note": "held-out accuracy: run `moodwatch eval twitter1 --subset five`",
         },
         "limitations": "Trained on 888 Twitter images with binary labels; emotion and region supervision is "
-                       "derived from retrieved sentences, not human emotion labels.",
+        "derived from retrieved sentences, not human emotion labels.",
     }
     path = save_heads(heads, out, card)
     console.print(f"wrote {path} and {path.parent / 'MODEL_CARD.md'} in {time.monotonic() - started:.0f}s")
@@ -111,11 +121,11 @@ def eval_twitter1(
     index: Optional[Path] = typer.Option(None, help="retrieval index folder (default: the shipped seed index)"),
     seed: int = typer.Option(0),
     epochs: int = typer.Option(15),
-    regions: bool = typer.Option(True, help="evaluate the AR fusion rows (needs region proposals; slow the first time)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
-    proposals: str = typer.Option(
-        "selective_search", help="region proposals of the AR rows: selective_search|learned"
+    regions: bool = typer.Option(
+        True, help="evaluate the AR fusion rows (needs region proposals; slow the first time)"
     ),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
+    proposals: str = typer.Option("selective_search", help="region proposals of the AR rows: selective_search|learned"),
 ) -> None:
     """Stratified k-fold accuracy on Twitter I with MIRA's ablations and the AR fusion variants."""
     from pipelines.evaluate import cross_validate, summarise
@@ -132,8 +142,10 @@ def eval_twitter1(
         cache = learned_region_cache(cache, load_proposer(), sizes)
     elif proposals != "selective_search":
         raise typer.BadParameter("--proposals must be selective_search or learned")
-    console.print(f"{subset}-agree: {len(cache.names)} images, {int(cache.labels.sum())} positive; "
-                  f"index {db.version} ({len(db)} sentences); {folds} folds")
+    console.print(
+        f"{subset}-agree: {len(cache.names)} images, {int(cache.labels.sum())} positive; "
+        f"index {db.version} ({len(db)} sentences); {folds} folds"
+    )
     results = cross_validate(cache, db, TrainConfig(seed=seed, epochs=epochs), folds, progress=console.log)
     table_data = summarise(results)
     table = Table(title=f"Twitter I {subset}-agree, {folds}-fold (seed {seed}, {proposals} proposals)")

@@ -94,9 +94,7 @@ class _CheckRunner:
                 fut: Future = Future()
                 self._inflight = fut
                 self._started_at = time.monotonic()
-                t = threading.Thread(
-                    target=self._run, args=(fut,), name=f"readyz-{self.name}", daemon=True
-                )
+                t = threading.Thread(target=self._run, args=(fut,), name=f"readyz-{self.name}", daemon=True)
                 t.start()
             return self._inflight, self._started_at
 
@@ -200,19 +198,13 @@ class HealthState:
                 value = fut.result(timeout=max(0.0, remaining))
             except TimeoutError:
                 elapsed = (time.monotonic() - t0) * 1000
-                results[runner.name] = CheckResult(
-                    False, f"timed out after {self.check_timeout_s:g}s", elapsed
-                )
+                results[runner.name] = CheckResult(False, f"timed out after {self.check_timeout_s:g}s", elapsed)
                 continue
             except Exception as exc:  # noqa: BLE001 - the check's own failure: reported as not ready
-                results[runner.name] = CheckResult(
-                    False, f"{type(exc).__name__}: {exc}"[:500], _elapsed_ms(fut, t0)
-                )
+                results[runner.name] = CheckResult(False, f"{type(exc).__name__}: {exc}"[:500], _elapsed_ms(fut, t0))
                 continue
             ok = bool(value)
-            results[runner.name] = CheckResult(
-                ok, None if ok else "check returned false", _elapsed_ms(fut, t0)
-            )
+            results[runner.name] = CheckResult(ok, None if ok else "check returned false", _elapsed_ms(fut, t0))
         return results
 
 
@@ -331,9 +323,7 @@ class HealthServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(
-        self, address: tuple[str, int], state: HealthState, registry: CollectorRegistry
-    ) -> None:
+    def __init__(self, address: tuple[str, int], state: HealthState, registry: CollectorRegistry) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)

@@ -109,16 +109,10 @@ class ImageSettings(LocalImageSettings):
 
 
 class ModelSettings(MoodwatchSettings):
-    backend: Literal["local", "triton"] = Field(
-        "local", description="where the models run: in-process torch or Triton"
-    )
+    backend: Literal["local", "triton"] = Field("local", description="where the models run: in-process torch or Triton")
     device: str = Field("cpu", description="torch device of the local backend")
-    artifacts_dir: Path = Field(
-        PROJECT_ROOT / "artifacts", description="build outputs: caches, indexes, trained heads"
-    )
-    heads_path: Path = Field(
-        PROJECT_ROOT / "models" / "weights" / "heads.pt", description="trained heads checkpoint"
-    )
+    artifacts_dir: Path = Field(PROJECT_ROOT / "artifacts", description="build outputs: caches, indexes, trained heads")
+    heads_path: Path = Field(PROJECT_ROOT / "models" / "weights" / "heads.pt", description="trained heads checkpoint")
     index_dir: Path | None = Field(
         None, description="retrieval index folder; default: built from the shipped sentences"
     )
@@ -128,9 +122,7 @@ class ModelSettings(MoodwatchSettings):
     text_encoder: str = Field("all-MiniLM-L6-v2", description="'all-MiniLM-L6-v2' or a Hugging Face id / local path")
     retrieval_k: int = Field(3, ge=1, le=20, description="evidence sentences retrieved per image (MIRA k)")
     regions_top_k: int = Field(8, ge=0, le=64, description="affective regions kept per image (K)")
-    regions_enabled: bool = Field(
-        True, description="compute affective regions"
-    )
+    regions_enabled: bool = Field(True, description="compute affective regions")
     region_proposals: Literal["learned", "selective_search"] = Field(
         "selective_search",
         description="selective_search: the paper's OpenCV path on the worker's CPU (~0.3 s per image); learned: "
@@ -138,20 +130,19 @@ class ModelSettings(MoodwatchSettings):
         "agrees poorly with it so far, see README)",
     )
     backbone_chunk: int = Field(
-        8, ge=0, le=1024,
+        8,
+        ge=0,
+        le=1024,
         description="run the backbone over chunks of this many images (0 = the whole micro-batch at once); "
         "on a 2-core CPU small chunks are faster per image, on a GPU use 0",
     )
-
 
 
 class TritonSettings(MoodwatchSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint")
     triton_model: str = Field("moodwatch", description="top-level Triton model the worker calls")
     triton_timeout_s: float = Field(30.0, description="per-request timeout to Triton")
-    triton_connect_timeout_s: float = Field(
-        5.0, gt=0, description="timeout of Triton liveness/readiness/config calls"
-    )
+    triton_connect_timeout_s: float = Field(5.0, gt=0, description="timeout of Triton liveness/readiness/config calls")
     triton_retry_attempts: int = Field(
         3,
         ge=1,

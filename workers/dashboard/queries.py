@@ -6,7 +6,7 @@ reshapes the buckets. No HTTP serving here: see server.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +43,14 @@ class BadRequest(ValueError):
 
 
 def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _parse_time(value: Any) -> datetime:
     """A stored time as an aware datetime inside the range the page can do arithmetic on."""
     try:
         if isinstance(value, (int, float)):
-            parsed = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+            parsed = datetime.fromtimestamp(value / 1000, tz=UTC)
         else:
             parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError):
@@ -82,7 +82,7 @@ class DashboardQueries:
         the event-time bounds (written before the bounds existed, or by another producer) are left out
         of the anchoring, so one absurd date cannot move the time axis."""
         bounds = self.settings.event_time_bounds()
-        latest = datetime.now(timezone.utc) + bounds.max_future_skew
+        latest = datetime.now(UTC) + bounds.max_future_skew
         trusted = {"range": {"created_at": {"gte": _iso(bounds.floor), "lte": _iso(latest)}}}
         resp = self.es.search(
             index=self.results, size=1, query=trusted, sort=[{"created_at": order}], source_includes=["created_at"]
@@ -103,9 +103,9 @@ class DashboardQueries:
             span = max(newest - oldest, timedelta(minutes=1))
         interval = pick_interval(span, MAX_BUCKETS - 2)  # the edges are rounded out by up to 2 buckets
         end_epoch = (int(newest.timestamp()) // interval + 1) * interval
-        end = datetime.fromtimestamp(end_epoch, tz=timezone.utc)
+        end = datetime.fromtimestamp(end_epoch, tz=UTC)
         first = oldest if oldest is not None else end - span
-        start = datetime.fromtimestamp((int(first.timestamp()) // interval) * interval, tz=timezone.utc)
+        start = datetime.fromtimestamp((int(first.timestamp()) // interval) * interval, tz=UTC)
         return start, end, interval
 
     def _time_filter(self, start: datetime, end: datetime, channels: list[str] | None = None) -> dict[str, Any]:

@@ -46,11 +46,12 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,8 +78,17 @@ def bench_images() -> list[np.ndarray]:
     import cv2
     from skimage import data
 
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.hubble_deep_field(),
-              data.immunohistochemistry(), data.stereo_motorcycle()[0], data.retina(), data.camera()]
+    photos = [
+        data.astronaut(),
+        data.chelsea(),
+        data.coffee(),
+        data.rocket(),
+        data.hubble_deep_field(),
+        data.immunohistochemistry(),
+        data.stereo_motorcycle()[0],
+        data.retina(),
+        data.camera(),
+    ]
     out = []
     for i, photo in enumerate(photos):
         if photo.ndim == 2:
@@ -108,7 +118,11 @@ def load_models(tiny: bool, workdir: Path) -> Models:
 
     notes = []
     if tiny:
-        image_encoder, text_spec, config = "tiny-random:0", "tiny-random:0", HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16)
+        image_encoder, text_spec, config = (
+            "tiny-random:0",
+            "tiny-random:0",
+            HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16),
+        )
     else:
         image_encoder, text_spec, config = "efficientnet-lite0", "all-MiniLM-L6-v2", HeadsConfig()
     backbone = load_image_backbone(image_encoder, "cpu")
@@ -127,12 +141,16 @@ def load_models(tiny: bool, workdir: Path) -> Models:
             heads = MoodHeads(config).eval()
         heads_path = save_heads(heads, workdir / "heads" / "heads.pt", {"note": "random init for the benchmark"})
         if not tiny:
-            notes.append(f"heads: RANDOMLY INITIALISED with the real dims ({DEFAULT_HEADS} missing); speed is unaffected")
+            notes.append(
+                f"heads: RANDOMLY INITIALISED with the real dims ({DEFAULT_HEADS} missing); speed is unaffected"
+            )
     else:
         notes.append(f"heads: {heads_path}")
     heads, _ = load_heads(heads_path)
-    notes.append(f"image encoder {backbone.name}, text encoder {text_encoder.name}, index {database.version} "
-                 f"({len(database)} sentences)")
+    notes.append(
+        f"image encoder {backbone.name}, text encoder {text_encoder.name}, index {database.version} "
+        f"({len(database)} sentences)"
+    )
     return Models(backbone, heads, database, text_encoder, heads_path, index_dir, image_encoder, notes)
 
 
@@ -182,7 +200,7 @@ class PeakRss:
             if self.server_pid:
                 self.peak_server = max(self.peak_server, _tree_rss_bytes(self.server_pid))
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
@@ -225,8 +243,13 @@ def _percentiles(latencies: Sequence[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in (50, 95, 99)}
 
 
-def run_batches(analyze: Callable[[list[np.ndarray]], Any], images: list[np.ndarray], batch: int, budget_s: float,
-                min_batches: int = 1) -> tuple[int, float, list[float]]:
+def run_batches(
+    analyze: Callable[[list[np.ndarray]], Any],
+    images: list[np.ndarray],
+    batch: int,
+    budget_s: float,
+    min_batches: int = 1,
+) -> tuple[int, float, list[float]]:
     """Micro-batches of `batch` posts (cycling through the images) until the budget is spent.
     Returns (posts, wall seconds, per-post latencies)."""
     posts, latencies, i = 0, [], 0
@@ -288,8 +311,9 @@ class NaivePipeline:
                 dists.append(m.heads.score_regions(pooled_r))
             region_dists = torch.cat(dists) if dists else None
         with clock("compose"):
-            return compose_analysis(polarity[0], emotions[0], region_dists, candidates, sentences, scores[0],
-                                    width, height, opts)
+            return compose_analysis(
+                polarity[0], emotions[0], region_dists, candidates, sentences, scores[0], width, height, opts
+            )
 
 
 # -- (b) stage shares of the batched local analyzer -----------------------------------------------------------
@@ -314,9 +338,13 @@ def profile_local(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: Stag
         for i, image in enumerate(images):
             h, w = image.shape[:2]
             with clock("regions (RoI + scorer)"):
-                dists = region_distributions(analyzer.heads, analyzer.backbone, feat_map[i : i + 1], candidates[i], w, h)
+                dists = region_distributions(
+                    analyzer.heads, analyzer.backbone, feat_map[i : i + 1], candidates[i], w, h
+                )
             with clock("compose"):
-                compose_analysis(polarity[i], emotions[i], dists, candidates[i], evidence[i], retrieval.scores[i], w, h, opts)
+                compose_analysis(
+                    polarity[i], emotions[i], dists, candidates[i], evidence[i], retrieval.scores[i], w, h, opts
+                )
 
 
 # -- (a) backbone ceiling and (c) learned proposals ----------------------------------------------------------
@@ -333,10 +361,21 @@ def run_new_rows(models: Models, images: list[np.ndarray], args) -> dict[str, di
         load = _load()
         with PeakRss() as rss, torch.inference_mode():
             posts, seconds, lat = run_batches(fn, images, args.batch, args.budget)
-        out[key] = emit({"config": name, "device": "cpu", "batch": args.batch, "chunk": args.chunk, "posts": posts,
-                         "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
-                         "latency_ms": _percentiles(lat), "peak_rss_mb": round(rss.peak_self / 2**20),
-                         "load_avg_1m": load, "region_proposals": learned.versions.region_proposals})
+        out[key] = emit(
+            {
+                "config": name,
+                "device": "cpu",
+                "batch": args.batch,
+                "chunk": args.chunk,
+                "posts": posts,
+                "seconds": round(seconds, 2),
+                "posts_per_s": round(posts / seconds, 3),
+                "latency_ms": _percentiles(lat),
+                "peak_rss_mb": round(rss.peak_self / 2**20),
+                "load_avg_1m": load,
+                "region_proposals": learned.versions.region_proposals,
+            }
+        )
     learned.close()
     return out
 
@@ -349,9 +388,20 @@ def run_naive(models: Models, images: list[np.ndarray], options: AnalyzerOptions
     load = _load()
     with PeakRss() as rss:
         posts, seconds, lat = run_batches(lambda b: [naive.analyze_one(im) for im in b], images, 1, args.budget_naive)
-    return emit({"config": "naive", "device": "cpu", "batch": 1, "posts": posts, "seconds": round(seconds, 2),
-                 "posts_per_s": round(posts / seconds, 3), "latency_ms": _percentiles(lat),
-                 "peak_rss_mb": round(rss.peak_self / 2**20), "stage_share": clock.shares(), "load_avg_1m": load})
+    return emit(
+        {
+            "config": "naive",
+            "device": "cpu",
+            "batch": 1,
+            "posts": posts,
+            "seconds": round(seconds, 2),
+            "posts_per_s": round(posts / seconds, 3),
+            "latency_ms": _percentiles(lat),
+            "peak_rss_mb": round(rss.peak_self / 2**20),
+            "stage_share": clock.shares(),
+            "load_avg_1m": load,
+        }
+    )
 
 
 # -- (e) triton ------------------------------------------------------------------------------------------------
@@ -364,9 +414,15 @@ def _server_stats(client, models: Sequence[str]) -> dict[str, dict[str, int]]:
         if s.get("name") not in models:
             continue
         inf = s.get("inference_stats", {})
-        ns = {k: int(inf.get(k, {}).get("ns", 0) or 0) for k in ("queue", "compute_input", "compute_infer", "compute_output")}
-        out[s["name"]] = {**ns, "inference_count": int(s.get("inference_count", 0) or 0),
-                          "execution_count": int(s.get("execution_count", 0) or 0)}
+        ns = {
+            k: int(inf.get(k, {}).get("ns", 0) or 0)
+            for k in ("queue", "compute_input", "compute_infer", "compute_output")
+        }
+        out[s["name"]] = {
+            **ns,
+            "inference_count": int(s.get("inference_count", 0) or 0),
+            "execution_count": int(s.get("execution_count", 0) or 0),
+        }
     return out
 
 
@@ -377,10 +433,22 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
 
     records = []
     repo = workdir / "triton_repo"
-    export_repository(models.heads_path, models.index_dir, repo, "cpu", image_encoder=models.image_encoder,
-                      max_batch_size=max(32, args.batch), models=["moodwatch", "moodwatch_fused"])
-    server = TritonServer(repo, log_dir=workdir / "triton-logs", model_control="explicit",
-                          load_models=["moodwatch", "moodwatch_fused"], ready_timeout_s=max(60.0, deadline - time.monotonic() - 60))
+    export_repository(
+        models.heads_path,
+        models.index_dir,
+        repo,
+        "cpu",
+        image_encoder=models.image_encoder,
+        max_batch_size=max(32, args.batch),
+        models=["moodwatch", "moodwatch_fused"],
+    )
+    server = TritonServer(
+        repo,
+        log_dir=workdir / "triton-logs",
+        model_control="explicit",
+        load_models=["moodwatch", "moodwatch_fused"],
+        ready_timeout_s=max(60.0, deadline - time.monotonic() - 60),
+    )
     t0 = time.perf_counter()
     server.start()
     startup = time.perf_counter() - t0
@@ -389,12 +457,16 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
         for model in ("moodwatch", "moodwatch_fused"):
             remaining = deadline - time.monotonic()
             if remaining < 20:
-                records.append(emit({"config": f"e-triton-{model}", "skipped": f"time budget spent ({remaining:.0f}s left)"}))
+                records.append(
+                    emit({"config": f"e-triton-{model}", "skipped": f"time budget spent ({remaining:.0f}s left)"})
+                )
                 continue
             budget = min(args.budget, remaining - 10)
             options = AnalyzerOptions()
-            analyzers = [TritonAnalyzer(TritonOptions(url=server.grpc_url, model=model, timeout_s=300), options)
-                         for _ in range(args.clients)]
+            analyzers = [
+                TritonAnalyzer(TritonOptions(url=server.grpc_url, model=model, timeout_s=300), options)
+                for _ in range(args.clients)
+            ]
             try:
                 analyzers[0].analyze(images[:2])  # warm the path
                 watched = [model] if model == "moodwatch_fused" else [*STAGE_MODELS, model]
@@ -415,18 +487,38 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
                 server_side[name] = {
                     "compute_ms": round((d["compute_input"] + d["compute_infer"] + d["compute_output"]) / 1e6, 1),
                     "queue_ms": round(d["queue"] / 1e6, 1),
-                    "avg_batch": round(d["inference_count"] / d["execution_count"], 2) if d["execution_count"] else None,
+                    "avg_batch": round(d["inference_count"] / d["execution_count"], 2)
+                    if d["execution_count"]
+                    else None,
                 }
             compute_total = sum(v["compute_ms"] for k, v in server_side.items() if k != "moodwatch") or 1.0
-            records.append(emit({
-                "config": f"e-triton-{model}", "device": "cpu", "clients": args.clients, "batch": args.batch,
-                "posts": posts, "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
-                "latency_ms": _percentiles(latencies),
-                "peak_rss_mb": {"client": round(rss.peak_self / 2**20), "server": round(rss.peak_server / 2**20)},
-                "stage_share_client": clock.shares(),
-                "server_compute_share": {k: round(v["compute_ms"] / compute_total, 4) for k, v in server_side.items() if k != "moodwatch"},
-                "server": server_side, "server_startup_s": round(startup, 1), "load_avg_1m": load,
-            }))
+            records.append(
+                emit(
+                    {
+                        "config": f"e-triton-{model}",
+                        "device": "cpu",
+                        "clients": args.clients,
+                        "batch": args.batch,
+                        "posts": posts,
+                        "seconds": round(seconds, 2),
+                        "posts_per_s": round(posts / seconds, 3),
+                        "latency_ms": _percentiles(latencies),
+                        "peak_rss_mb": {
+                            "client": round(rss.peak_self / 2**20),
+                            "server": round(rss.peak_server / 2**20),
+                        },
+                        "stage_share_client": clock.shares(),
+                        "server_compute_share": {
+                            k: round(v["compute_ms"] / compute_total, 4)
+                            for k, v in server_side.items()
+                            if k != "moodwatch"
+                        },
+                        "server": server_side,
+                        "server_startup_s": round(startup, 1),
+                        "load_avg_1m": load,
+                    }
+                )
+            )
     finally:
         client.close()
         server.stop()
@@ -477,7 +569,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="posts per micro-batch for (b) and (c)")
     parser.add_argument("--clients", type=int, default=2, help="concurrent Triton clients (simulated workers) in (c)")
     parser.add_argument("--budget-naive", type=float, default=45.0, help="seconds for (a) (at least one post)")
-    parser.add_argument("--budget", type=float, default=30.0, help="seconds for each of (b), (c) ensemble, (c) fused (at least one micro-batch)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        help="seconds for each of (b), (c) ensemble, (c) fused (at least one micro-batch)",
+    )
     parser.add_argument("--total", type=float, default=540.0, help="start no configuration after this many seconds")
     parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (a smoke test of the bench itself)")
@@ -498,9 +595,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         models = load_models(args.tiny, workdir)
         images = bench_images()
-        emit({"config": "setup", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "cuda": torch.cuda.is_available(), "load_avg_1m": _load(), "notes": models.notes,
-              "images": [f"{im.shape[1]}x{im.shape[0]}" for im in images], "setup_s": round(time.perf_counter() - t0, 1)})
+        emit(
+            {
+                "config": "setup",
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "cuda": torch.cuda.is_available(),
+                "load_avg_1m": _load(),
+                "notes": models.notes,
+                "images": [f"{im.shape[1]}x{im.shape[0]}" for im in images],
+                "setup_s": round(time.perf_counter() - t0, 1),
+            }
+        )
         options = AnalyzerOptions()
         if not args.tiny:
             records.update(run_new_rows(models, images, args))
@@ -524,10 +630,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             posts, seconds, lat = run_batches(local.analyze, images, args.batch, args.budget)
         clock = StageClock()
         profile_local(local, [images[j % len(images)] for j in range(max(2, args.batch // 2))], clock)  # half a batch
-        records["b"] = emit({"config": "b-today-selective-search", "device": "cpu", "batch": args.batch, "posts": posts,
-                             "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
-                             "latency_ms": _percentiles(lat), "peak_rss_mb": round(rss.peak_self / 2**20),
-                             "stage_share": clock.shares(), "load_avg_1m": load})
+        records["b"] = emit(
+            {
+                "config": "b-today-selective-search",
+                "device": "cpu",
+                "batch": args.batch,
+                "posts": posts,
+                "seconds": round(seconds, 2),
+                "posts_per_s": round(posts / seconds, 3),
+                "latency_ms": _percentiles(lat),
+                "peak_rss_mb": round(rss.peak_self / 2**20),
+                "stage_share": clock.shares(),
+                "load_avg_1m": load,
+            }
+        )
         local.close()
 
         if torch.cuda.is_available():
@@ -539,10 +655,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             with PeakRss() as rss:
                 torch.cuda.reset_peak_memory_stats()
                 posts, seconds, lat = run_batches(gpu.analyze, images, args.batch, args.budget)
-            records["b_gpu"] = emit({"config": "b-local-gpu", "device": torch.cuda.get_device_name(0), "batch": args.batch,
-                                     "posts": posts, "seconds": round(seconds, 2), "posts_per_s": round(posts / seconds, 3),
-                                     "latency_ms": _percentiles(lat), "peak_rss_mb": round(rss.peak_self / 2**20),
-                                     "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20)})
+            records["b_gpu"] = emit(
+                {
+                    "config": "b-local-gpu",
+                    "device": torch.cuda.get_device_name(0),
+                    "batch": args.batch,
+                    "posts": posts,
+                    "seconds": round(seconds, 2),
+                    "posts_per_s": round(posts / seconds, 3),
+                    "latency_ms": _percentiles(lat),
+                    "peak_rss_mb": round(rss.peak_self / 2**20),
+                    "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20),
+                }
+            )
             gpu.close()
             models.backbone.to("cpu")
 
@@ -574,8 +699,19 @@ def print_table(records: dict[str, dict[str, Any]]) -> None:
         shares = rec.get("stage_share") or rec.get("server_compute_share") or {}
         top = ", ".join(f"{k} {v:.0%}" for k, v in list(shares.items())[:3])
         lat = rec["latency_ms"]
-        rows.append((rec["config"], str(rec["posts"]), f"{rec['posts_per_s']:.2f}", f"{lat['p50']:.0f}", f"{lat['p95']:.0f}",
-                     f"{lat['p99']:.0f}", rss, str(rec.get("load_avg_1m", "")), top))
+        rows.append(
+            (
+                rec["config"],
+                str(rec["posts"]),
+                f"{rec['posts_per_s']:.2f}",
+                f"{lat['p50']:.0f}",
+                f"{lat['p95']:.0f}",
+                f"{lat['p99']:.0f}",
+                rss,
+                str(rec.get("load_avg_1m", "")),
+                top,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print()
     for n, row in enumerate(rows):

@@ -43,34 +43,48 @@ def main(argv: list[str] | None = None) -> int:
     try:
         models = load_models(False, workdir)
         backbone, heads = models.backbone.to(device), models.heads.to(device)
-        analyzer = LocalAnalyzer(backbone, heads, models.database, AnalyzerOptions(proposals="learned"),
-                                 proposer=load_proposer(device=device))
+        analyzer = LocalAnalyzer(
+            backbone,
+            heads,
+            models.database,
+            AnalyzerOptions(proposals="learned"),
+            proposer=load_proposer(device=device),
+        )
         images = bench_images()
         precision = "fp32" if device == "cpu" else "fp16"
         for batch in batches:
             if time.monotonic() - started > args.total:
                 print(json.dumps({"batch": batch, "skipped": "time budget spent"}), flush=True)
                 continue
-            autocast = (torch.autocast("cuda", dtype=torch.float16) if device == "cuda"
-                        else contextlib.nullcontext())
+            autocast = torch.autocast("cuda", dtype=torch.float16) if device == "cuda" else contextlib.nullcontext()
             with autocast:
                 analyzer.analyze(images[:1] * batch)  # warm-up (cuDNN autotune, allocator)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 posts, seconds, lat = run_batches(analyzer.analyze, images, batch, budget)
-            row = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
-                   "precision": precision, "batch": batch, "posts": posts, "posts_per_s": round(posts / seconds, 1),
-                   "latency_ms": _percentiles(lat), "region_proposals": analyzer.versions.region_proposals}
+            row = {
+                "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
+                "precision": precision,
+                "batch": batch,
+                "posts": posts,
+                "posts_per_s": round(posts / seconds, 1),
+                "latency_ms": _percentiles(lat),
+                "region_proposals": analyzer.versions.region_proposals,
+            }
             if device == "cuda":
                 row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
             print(json.dumps(row), flush=True)
             rows.append(row)
-        print("\ntriton on the GPU: not measured by this command yet (the Triton repository still runs the "
-              "selective-search path through python-backend models)")
+        print(
+            "\ntriton on the GPU: not measured by this command yet (the Triton repository still runs the "
+            "selective-search path through python-backend models)"
+        )
         print("\nbackend  device  precision  micro-batch  posts/s  p50 ms  p99 ms")
         for r in rows:
-            print(f"local    {r['device']}  {r['precision']}  {r['batch']}  {r['posts_per_s']}  "
-                  f"{r['latency_ms']['p50']}  {r['latency_ms']['p99']}")
+            print(
+                f"local    {r['device']}  {r['precision']}  {r['batch']}  {r['posts_per_s']}  "
+                f"{r['latency_ms']['p50']}  {r['latency_ms']['p99']}"
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -49,8 +49,17 @@ def main(argv: list[str] | None = None) -> int:
             rate = measure(backbone, images, args.batch, chunk, channels_last, args.budget, args.device)
             name = f"chunk {chunk}, {'channels_last' if channels_last else 'contiguous'}"
             results[name] = round(rate, 1)
-            print(json.dumps({"layout": name, "img_per_s": results[name], "load_avg_1m": os.getloadavg()[0],
-                              "threads": torch.get_num_threads()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "layout": name,
+                        "img_per_s": results[name],
+                        "load_avg_1m": os.getloadavg()[0],
+                        "threads": torch.get_num_threads(),
+                    }
+                ),
+                flush=True,
+            )
     best = max(results, key=results.get)
     print(f"best: {best} ({results[best]} img/s)")
     return 0

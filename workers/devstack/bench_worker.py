@@ -56,9 +56,16 @@ def run_worker_bench(
     stack = LocalStack.from_dir(workdir)
     stack.start()
     try:
-        settings: AnalyzerSettings = stack.settings(**({
-            "metrics_port": 0, "consumer_group": f"bench-{int(time.time())}", "image_local_root": workdir / "images",
-        } | (overrides or {})))
+        settings: AnalyzerSettings = stack.settings(
+            **(
+                {
+                    "metrics_port": 0,
+                    "consumer_group": f"bench-{int(time.time())}",
+                    "image_local_root": workdir / "images",
+                }
+                | (overrides or {})
+            )
+        )
         stack.tansu.create_topics([settings.posts_topic, settings.results_topic, settings.dlq_topic], partitions=2)
         worker = build_worker(settings, create_topics=False)
         producer = make_producer(settings)
@@ -92,11 +99,19 @@ def run_worker_bench(
         worker.close()
         producer.close()
         ms = np.asarray(latencies) * 1000.0
-        return {"config": "d-worker-kafka-to-es", "posts": done, "posts_per_s": round(max_rate, 3),
-                "half_rate_posts_per_s": round(rate, 2), "half_rate_posts": len(latencies),
-                "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 1) if len(ms) else float("nan"),
-                               "p95": round(float(np.percentile(ms, 95)), 1) if len(ms) else float("nan"),
-                               "p99": round(float(np.percentile(ms, 99)), 1) if len(ms) else float("nan")},
-                "region_proposals": settings.region_proposals, "batch_max_posts": settings.batch_max_posts}
+        return {
+            "config": "d-worker-kafka-to-es",
+            "posts": done,
+            "posts_per_s": round(max_rate, 3),
+            "half_rate_posts_per_s": round(rate, 2),
+            "half_rate_posts": len(latencies),
+            "latency_ms": {
+                "p50": round(float(np.percentile(ms, 50)), 1) if len(ms) else float("nan"),
+                "p95": round(float(np.percentile(ms, 95)), 1) if len(ms) else float("nan"),
+                "p99": round(float(np.percentile(ms, 99)), 1) if len(ms) else float("nan"),
+            },
+            "region_proposals": settings.region_proposals,
+            "batch_max_posts": settings.batch_max_posts,
+        }
     finally:
         stack.stop()

@@ -10,11 +10,11 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from workers.devstack.servers import LocalStack
-from workers.common.logs import get_logger
-from workers.analyzer.wiring import build_worker
-from workers.devstack.sample_posts import poison_posts, sample_posts
 from workers.analyzer.settings import AnalyzerSettings
+from workers.analyzer.wiring import build_worker
+from workers.common.logs import get_logger
+from workers.devstack.sample_posts import poison_posts, sample_posts
+from workers.devstack.servers import LocalStack
 
 log = get_logger("moodwatch.demo")
 console = Console()
@@ -38,8 +38,12 @@ def produce_demo_posts(settings: AnalyzerSettings, count: int) -> tuple[int, int
 
 def read_dlq(settings: AnalyzerSettings, expected: int, timeout_s: float = 20.0) -> list[dict[str, str]]:
     consumer = KafkaConsumer(
-        settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None, consumer_timeout_ms=int(timeout_s * 1000),
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(timeout_s * 1000),
     )
     rows = []
     deadline = time.monotonic() + timeout_s
@@ -47,8 +51,10 @@ def read_dlq(settings: AnalyzerSettings, expected: int, timeout_s: float = 20.0)
         while len(rows) < expected and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
                 for r in records:
-                    rows.append({k: v.decode("utf-8", "replace") for k, v in (r.headers or [])} | {
-                        "key": (r.key or b"").decode("utf-8", "replace")})
+                    rows.append(
+                        {k: v.decode("utf-8", "replace") for k, v in (r.headers or [])}
+                        | {"key": (r.key or b"").decode("utf-8", "replace")}
+                    )
     finally:
         consumer.close()
     return rows
@@ -63,33 +69,52 @@ def summary_table(es, settings: AnalyzerSettings) -> Table:
     for hit in hits:
         doc = hit["_source"]
         evidence = doc["evidence"][0]["text"] if doc["evidence"] else ""
-        table.add_row(doc["post_id"], doc["channel"], doc["polarity"], f"{doc['negative_score']:.2f}",
-                      doc["dominant_emotion"], str(len(doc["regions"])), evidence)
+        table.add_row(
+            doc["post_id"],
+            doc["channel"],
+            doc["polarity"],
+            f"{doc['negative_score']:.2f}",
+            doc["dominant_emotion"],
+            str(len(doc["regions"])),
+            evidence,
+        )
     return table
 
 
-def run_demo(settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, triton: bool = False, posts: int = 24) -> int:
+def run_demo(
+    settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, triton: bool = False, posts: int = 24
+) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]moodwatch demo[/bold]: local broker + store under {workdir}")
     stack = LocalStack.from_dir(workdir)
     stack.start()
     try:
-        settings = stack.settings(**{
-            k: v for k, v in settings.model_dump().items()
-            if k not in ("kafka_bootstrap", "es_url") and v is not None
-        } | {"metrics_port": 0, "consumer_group": f"moodwatch-demo-{int(time.time())}",
-             "image_local_root": workdir / "images"})
+        settings = stack.settings(
+            **{
+                k: v
+                for k, v in settings.model_dump().items()
+                if k not in ("kafka_bootstrap", "es_url") and v is not None
+            }
+            | {
+                "metrics_port": 0,
+                "consumer_group": f"moodwatch-demo-{int(time.time())}",
+                "image_local_root": workdir / "images",
+            }
+        )
         if triton:
             from workers.devstack.triton_server import start_local_triton
 
             settings = start_local_triton(stack, settings)
-        stack.tansu.create_topics([settings.posts_topic, settings.results_topic, settings.dlq_topic,
-                                   settings.alerts_topic], partitions=2)
+        stack.tansu.create_topics(
+            [settings.posts_topic, settings.results_topic, settings.dlq_topic, settings.alerts_topic], partitions=2
+        )
         console.print(f"broker {settings.kafka_bootstrap}, store {settings.es_url}; loading models ...")
         worker = build_worker(settings, create_topics=False)
         valid, poison = produce_demo_posts(settings, posts)
-        console.print(f"produced {valid} sample posts and {poison} deliberately broken ones to '{settings.posts_topic}'")
+        console.print(
+            f"produced {valid} sample posts and {poison} deliberately broken ones to '{settings.posts_topic}'"
+        )
         started = time.monotonic()
         processed = dead = 0
         worker.subscribe()
@@ -100,8 +125,10 @@ def run_demo(settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, 
                 report = worker.process(records)
                 processed += report.processed
                 dead += report.dead_lettered
-                console.print(f"  batch: {report.processed} analysed, {report.dead_lettered} dead-lettered "
-                              f"({processed + dead}/{valid + poison})")
+                console.print(
+                    f"  batch: {report.processed} analysed, {report.dead_lettered} dead-lettered "
+                    f"({processed + dead}/{valid + poison})"
+                )
         elapsed = time.monotonic() - started
         worker.close()
         from workers.adapters.elastic import make_es_client
@@ -113,8 +140,9 @@ def run_demo(settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, 
         for col in ("key", "stage", "error", "reason"):
             dlq_table.add_column(col, overflow="fold")
         for row in dlq:
-            dlq_table.add_row(row["key"], row.get("stage", ""), row.get("error.class", ""),
-                              row.get("error.message", "")[:160])
+            dlq_table.add_row(
+                row["key"], row.get("stage", ""), row.get("error.class", ""), row.get("error.message", "")[:160]
+            )
         console.print(dlq_table)
         console.print(
             f"[bold]{processed}[/bold] posts analysed and stored, [bold]{dead}[/bold] dead-lettered, "
@@ -126,15 +154,20 @@ def run_demo(settings: AnalyzerSettings, *, workdir: Path, serve: bool = False, 
             from workers.dashboard.server import serve_dashboard
             from workers.dashboard.settings import DashboardSettings
 
-            dashboard_settings = DashboardSettings(**settings.model_dump(exclude_none=True) | {
-                "dashboard_image_root": settings.image_local_root, "dashboard_default_range": "all"})
+            dashboard_settings = DashboardSettings(
+                **settings.model_dump(exclude_none=True)
+                | {"dashboard_image_root": settings.image_local_root, "dashboard_default_range": "all"}
+            )
             if dashboard_settings.dashboard_users is None:  # demo logins, printed once (plain HTTP on loopback)
                 logins = demo_logins()
-                dashboard_settings = dashboard_settings.model_copy(update={
-                    "dashboard_users": SecretStr(logins.pop("entries")), "dashboard_cookie_secure": False})
+                dashboard_settings = dashboard_settings.model_copy(
+                    update={"dashboard_users": SecretStr(logins.pop("entries")), "dashboard_cookie_secure": False}
+                )
                 console.print("dashboard logins: " + ", ".join(f"{n} / {p}" for n, p in logins.items()))
-            console.print(f"serving the dashboard on http://{dashboard_settings.dashboard_host}:"
-                          f"{dashboard_settings.dashboard_port}/ ; Ctrl-C to stop")
+            console.print(
+                f"serving the dashboard on http://{dashboard_settings.dashboard_host}:"
+                f"{dashboard_settings.dashboard_port}/ ; Ctrl-C to stop"
+            )
             serve_dashboard(dashboard_settings)
         return 0 if ok else 1
     finally:

@@ -40,7 +40,7 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -62,6 +62,7 @@ __all__ = [
 
 class ProcessStartError(RuntimeError):
     """A managed server exited early or did not become ready in time (message holds its log tail)."""
+
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -101,7 +102,7 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-_RUNNING: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
 
 
 @atexit.register
@@ -144,7 +145,9 @@ class ManagedProcess:
         self.host = _check_loopback(host)
         self._port_pinned = port is not None
         self.ports: dict[str, int] = {"main": port} if port is not None else {}
-        self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"moodwatch-{self.name}-"))
+        self.log_dir = (
+            Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix=f"moodwatch-{self.name}-"))
+        )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"{self.name}.log"
         if ready_timeout_s is not None:
@@ -208,7 +211,7 @@ class ManagedProcess:
             if extra not in self.ports:
                 self.ports[extra] = free_port(self.host)
 
-    def start(self) -> "ManagedProcess":
+    def start(self) -> ManagedProcess:
         """Start (no-op if running) and wait until ready; raises ProcessStartError."""
         with self._lock:
             if self.running:
@@ -234,7 +237,7 @@ class ManagedProcess:
     def _spawn(self) -> None:
         cmd = self.command()
         env = {**os.environ, **self._extra_env, **self.process_env()}
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {stamp} start {self.name}: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -317,7 +320,7 @@ class ManagedProcess:
         with self._lock:
             return self._terminate(signal.SIGKILL, 10)
 
-    def restart(self, *, hard: bool = False) -> "ManagedProcess":
+    def restart(self, *, hard: bool = False) -> ManagedProcess:
         """Stop (SIGKILL if hard) and start again on the same port(s)."""
         with self._lock:
             self._terminate(signal.SIGKILL if hard else signal.SIGTERM, self.stop_timeout_s)
@@ -348,7 +351,16 @@ class LocalBucket(ManagedProcess):
         self.data_root.mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "localbucket", "--host", self.host, "--port", str(self.port), str(self.data_root.resolve())]
+        return [
+            sys.executable,
+            "-m",
+            "localbucket",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            str(self.data_root.resolve()),
+        ]
 
     @property
     def url(self) -> str:
@@ -434,7 +446,16 @@ class Tansu(ManagedProcess):
     def command(self) -> list[str]:
         url = f"tcp://{self.address}"
         engine = "memory://tansu/" if self.storage == "memory" else f"s3://{self.bucket}/"
-        return [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", engine]
+        return [
+            self.binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            engine,
+        ]
 
     def process_env(self) -> dict[str, str]:
         return self.bucket_server.s3_env() if self.storage == "s3" and self.bucket_server else {}
@@ -450,7 +471,7 @@ class Tansu(ManagedProcess):
     def settings_overrides(self) -> dict[str, str]:
         return {"MOODWATCH_KAFKA_BOOTSTRAP": self.bootstrap}
 
-    def start(self) -> "Tansu":
+    def start(self) -> Tansu:
         with self._lock:
             if self.storage == "s3" and self.bucket_server is not None:
                 self.bucket_server.start()
@@ -496,13 +517,24 @@ class Tansu(ManagedProcess):
             if info is None or info.get("error_code"):
                 raise RuntimeError(f"topic {name!r} was not created: {info}")
             if len(info["partitions"]) != partitions:
-                raise RuntimeError(f"topic {name!r} exists with {len(info['partitions'])} partitions, wanted {partitions}")
+                raise RuntimeError(
+                    f"topic {name!r} exists with {len(info['partitions'])} partitions, wanted {partitions}"
+                )
 
     def create_topics_cli(self, names: Iterable[str], partitions: int = 1) -> None:
         """Same through `tansu topic create` (kept as a fallback; the admin API works on 0.6.0)."""
         for name in names:
             res = subprocess.run(
-                [self.binary, "topic", "create", name, "--broker", f"tcp://{self.address}", "--partitions", str(partitions)],
+                [
+                    self.binary,
+                    "topic",
+                    "create",
+                    name,
+                    "--broker",
+                    f"tcp://{self.address}",
+                    "--partitions",
+                    str(partitions),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -580,6 +612,7 @@ class NoidaStore(ManagedProcess):
         otherwise, so: return True when the file changes, or after 1.5 intervals without a change
         (nothing was pending). Returns False only if the file never appeared within `timeout`.
         """
+
         def stamp() -> tuple[int, int] | None:
             try:
                 st = self.snapshot_path.stat()
@@ -634,7 +667,7 @@ class LocalStack:
         kafka_port: int | None = None,
         es_port: int | None = None,
         ready_timeout_s: float = 30.0,
-    ) -> "LocalStack":
+    ) -> LocalStack:
         """Layout: WORKDIR/logs/*.log, WORKDIR/noida (store data), WORKDIR/s3 (broker data when
         kafka_storage="s3"). Without a workdir a temporary one is used and removed on a clean
         exit (kept, with its logs, when the block raised)."""
@@ -658,7 +691,7 @@ class LocalStack:
             proc.start()
         return proc
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         started: list[ManagedProcess] = []
         try:
             for proc in self.processes:
@@ -712,7 +745,7 @@ class LocalStack:
         """Shell `export` lines for the overrides (e.g. written next to the logs by `moodwatch demo`)."""
         return "".join(f"export {k}={v}\n" for k, v in sorted(self.settings_overrides().items()))
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:

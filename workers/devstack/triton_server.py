@@ -50,7 +50,9 @@ def triton_paths() -> dict[str, Path]:
     try:
         import pytriton
     except ImportError as exc:
-        raise TritonNotInstalled("tritonserver comes with the nvidia-pytriton wheel: pip install 'moodwatch[local]'") from exc
+        raise TritonNotInstalled(
+            "tritonserver comes with the nvidia-pytriton wheel: pip install 'moodwatch[local]'"
+        ) from exc
     base = Path(pytriton.__file__).resolve().parent / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     paths = {
@@ -226,9 +228,15 @@ def start_local_triton(
         if settings.index_dir is None:
             load_database(settings)  # builds the default seed index on first use
         index_dir = settings.index_dir or default_index_dir(settings.artifacts_dir)
-        export_repository(heads_path, index_dir, repo, kind, image_encoder=settings.image_encoder,
-                          retrieval_k=settings.retrieval_k)
-    server = TritonServer(repo, log_dir=workdir / "logs", host=LOOPBACK, model_control=model_control,
-                          load_models=[settings.triton_model] if model_control == "explicit" else ())
+        export_repository(
+            heads_path, index_dir, repo, kind, image_encoder=settings.image_encoder, retrieval_k=settings.retrieval_k
+        )
+    server = TritonServer(
+        repo,
+        log_dir=workdir / "logs",
+        host=LOOPBACK,
+        model_control=model_control,
+        load_models=[settings.triton_model] if model_control == "explicit" else (),
+    )
     stack.add(server, start=True)
     return settings.model_copy(update={"backend": "triton", "triton_url": server.grpc_url})

@@ -76,8 +76,15 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"BM", "BMP"),
 )
 _FTYP_BRANDS = {
-    b"heic": "HEIF", b"heix": "HEIF", b"hevc": "HEIF", b"heim": "HEIF", b"heis": "HEIF",
-    b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF",
+    b"heic": "HEIF",
+    b"heix": "HEIF",
+    b"hevc": "HEIF",
+    b"heim": "HEIF",
+    b"heis": "HEIF",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
 }
 _PNM = re.compile(rb"^P[1-7]\s")
 _TEXT_BYTES = frozenset(b"\t\n\r\x0c" + bytes(range(0x20, 0x7F)))
@@ -346,9 +353,13 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - exif_transpose also rewrites metadata, which may be malformed
         method = {
-            2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+            2: Image.Transpose.FLIP_LEFT_RIGHT,
+            3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90,
         }[orientation]
         try:
             return image.transpose(method)

@@ -218,8 +218,14 @@ class ImageLoader:
         try:
             data = self.fetch(ref)
             stage = "decode"
-            return decode_image(data, max_pixels=self.max_pixels, formats=self.formats, max_bytes=self.max_bytes,
-                                max_side=self.max_side, pixel_gate=self.budget.reserve)
+            return decode_image(
+                data,
+                max_pixels=self.max_pixels,
+                formats=self.formats,
+                max_bytes=self.max_bytes,
+                max_side=self.max_side,
+                pixel_gate=self.budget.reserve,
+            )
         except ImageError as exc:
             log.info("image refused", image=describe_ref(ref), reason=str(exc), stage=exc.stage, code=exc.code)
             raise

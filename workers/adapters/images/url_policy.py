@@ -42,8 +42,13 @@ METADATA_ADDRESSES = frozenset(
 )
 METADATA_HOSTS = frozenset(
     {
-        "metadata", "metadata.google.internal", "metadata.goog", "metadata.azure.com",
-        "instance-data", "instance-data.ec2.internal", "metadata.tencentyun.com",
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.com",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
     }
 )
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
