@@ -97,3 +97,26 @@ def unique_group_id(request) -> str:
 @pytest.fixture
 def kafka_consumer_config() -> dict:
     return dict(KAFKA_TEST_CONSUMER)
+
+
+@pytest.fixture
+def worker_settings_for(local_stack, fresh_topics, unique_group_id):
+    """worker_settings_for(partitions=2, **overrides) -> analyzer settings on the session stack with fresh
+    posts / post-sentiment / DLQ topics, a unique group and a unique results index."""
+
+    def make(partitions: int = 2, **overrides):
+        topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=partitions)
+        index = f"results-{uuid.uuid4().hex[:8]}"
+        values = {
+            "posts_topic": topics["posts"],
+            "results_topic": topics["post-sentiment"],
+            "dlq_topic": topics["posts.dlq"],
+            "consumer_group": unique_group_id,
+            "es_results_index": index,
+            "es_alerts_index": f"alerts-{index}",
+            "kafka_session_timeout_ms": 6000,
+            "metrics_port": 0,
+        }
+        return local_stack.settings(**(values | overrides))
+
+    return make

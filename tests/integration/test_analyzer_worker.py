@@ -8,14 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from tests.factories import tiny_png_b64
+from tests.reliability import verify
 from tests.support.tiny import tiny_analyzer
 from workers.adapters.elastic import make_es_client
 from workers.analyzer.metrics import WorkerMetrics
@@ -26,21 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def worker_settings(local_stack, fresh_topics, unique_group_id):
-    topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=2)
-    index = f"results-{uuid.uuid4().hex[:8]}"
-    return local_stack.settings(
-        posts_topic=topics["posts"],
-        results_topic=topics["post-sentiment"],
-        dlq_topic=topics["posts.dlq"],
-        consumer_group=unique_group_id,
-        es_results_index=index,
-        es_alerts_index=f"alerts-{index}",
-        kafka_session_timeout_ms=6000,
-        batch_max_posts=64,
-        batch_max_wait_ms=200,
-        metrics_port=0,
-    )
+def worker_settings(worker_settings_for):
+    return worker_settings_for(partitions=2, batch_max_posts=64, batch_max_wait_ms=200)
 
 
 def produce(settings, values: list[tuple[str, bytes]]) -> None:
@@ -71,40 +58,9 @@ def _post(post_id: str, i: int, image: dict) -> bytes:
     ).encode()
 
 
-def stored_ids(settings) -> list[str]:
-    es = make_es_client(settings)
-    es.indices.refresh(index=settings.es_results_index)
-    ids, after = [], None
-    while True:
-        body = {"size": 500, "sort": [{"post_id": "asc"}], "_source": ["post_id"]}
-        if after:
-            body["search_after"] = after
-        hits = es.search(index=settings.es_results_index, body=body)["hits"]["hits"]
-        if not hits:
-            return ids
-        ids += [h["_source"]["post_id"] for h in hits]
-        after = hits[-1]["sort"]
-
-
-def read_topic(settings, topic: str, expected: int, timeout_s: float = 30.0) -> list:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    records, waited = [], 0.0
-    try:
-        while len(records) < expected and waited < timeout_s:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records += batch
-            waited += 0.5
-        for batch in consumer.poll(timeout_ms=1000).values():  # anything beyond expected is a duplicate
-            records += batch
-    finally:
-        consumer.close()
-    return records
+def read_topic(settings, topic: str, expected: int) -> list:
+    """Every record of ``topic`` (at least ``expected``; anything beyond would be a duplicate)."""
+    return verify.read_topic(settings.kafka_bootstrap, topic, expect_at_least=expected)
 
 
 def run_in_thread(settings, idle_exit_s: float = 6.0):
@@ -124,7 +80,7 @@ def test_thousand_posts_end_in_elasticsearch_exactly_once(worker_settings):
     worker, thread = run_in_thread(worker_settings)
     thread.join(timeout=600)
     assert not thread.is_alive(), "worker did not finish"
-    ids = stored_ids(worker_settings)
+    ids = verify.es_ids(worker_settings)
     assert len(ids) == 1000 and len(set(ids)) == 1000
     results = read_topic(worker_settings, worker_settings.results_topic, 1000)
     assert sorted(r.key.decode() for r in results) == sorted(ids)
@@ -137,7 +93,7 @@ def test_poison_posts_are_dead_lettered_with_headers_and_the_stream_flows(worker
     produce(worker_settings, values)
     _, thread = run_in_thread(worker_settings)
     thread.join(timeout=300)
-    assert len(stored_ids(worker_settings)) == 40
+    assert len(verify.es_ids(worker_settings)) == 40
     dlq = read_topic(worker_settings, worker_settings.dlq_topic, len(poison))
     assert len(dlq) == len(poison)
     by_key = {r.key.decode(): {k: v.decode() for k, v in r.headers} for r in dlq}
@@ -182,13 +138,13 @@ def test_worker_killed_between_store_and_commit_loses_and_duplicates_nothing(wor
         timeout=300,
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    partial = stored_ids(worker_settings)
+    partial = verify.es_ids(worker_settings)
     assert 0 < len(partial) < 1000, "the kill should leave the stream half done"
     finished = subprocess.run(
         [sys.executable, "-m", "tests.support.tiny_worker"], cwd=ROOT, env=env, capture_output=True, timeout=600
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
-    ids = stored_ids(worker_settings)
+    ids = verify.es_ids(worker_settings)
     assert len(ids) == 1000 and len(set(ids)) == 1000
 
 
@@ -254,6 +210,6 @@ def test_a_hung_store_shows_in_the_store_error_metric_and_the_worker_logs_within
         assert errors_while_frozen >= 3 and seen_after_s < 8, (errors_while_frozen, seen_after_s)
         logged = capsys.readouterr()
         assert '"es_write_retry"' in logged.err + logged.out and "ConnectionTimeout" in logged.err + logged.out
-        assert sorted(stored_ids(settings)) == [f"hung-{i:05d}" for i in range(5)]  # nothing lost once it thaws
+        assert sorted(verify.es_ids(settings)) == [f"hung-{i:05d}" for i in range(5)]  # nothing lost once it thaws
     finally:
         store.stop()

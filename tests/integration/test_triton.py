@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -348,26 +347,17 @@ def test_model_unloaded_mid_stream_then_reloaded(triton_server, triton_analyzer,
 
 
 def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
-    triton_server, local_stack, fresh_topics, unique_group_id, tiny_assets
+    triton_server, worker_settings_for, tiny_assets
 ):
     from tests.factories import tiny_png_b64
     from workers.adapters.elastic import make_es_client
     from workers.analyzer.metrics import WorkerMetrics
     from workers.analyzer.wiring import build_worker
 
-    topics = fresh_topics("posts", "post-sentiment", "posts.dlq", partitions=1)
-    index = f"results-triton-{uuid.uuid4().hex[:8]}"
-    settings = local_stack.settings(
-        posts_topic=topics["posts"],
-        results_topic=topics["post-sentiment"],
-        dlq_topic=topics["posts.dlq"],
-        consumer_group=unique_group_id,
-        es_results_index=index,
-        es_alerts_index=f"alerts-{index}",
-        kafka_session_timeout_ms=6000,
+    settings = worker_settings_for(
+        partitions=1,
         batch_max_posts=16,
         batch_max_wait_ms=300,
-        metrics_port=0,
         backend="triton",
         triton_url=triton_server.grpc_url,
         triton_timeout_s=30,
