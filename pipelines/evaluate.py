@@ -23,7 +23,14 @@ from models.regions import fuse_max, fuse_sum
 from pipelines.features import FeatureCache
 from pipelines.retrieval import SentenceDatabase
 from pipelines.train import (
-    TrainConfig, mira_features, mira_probs, region_polarity, top_regions, train_concat_fusion, train_heads, with_mode,
+    TrainConfig,
+    mira_features,
+    mira_probs,
+    region_polarity,
+    top_regions,
+    train_concat_fusion,
+    train_heads,
+    with_mode,
 )
 
 ROWS = (
@@ -56,8 +63,14 @@ def aligner_recall(heads, cache: FeatureCache, ks=(1, 5, 10)) -> dict[str, float
     return {f"recall@{k}": float((rank < k).mean()) for k in ks}
 
 
-def evaluate_fold(train: FeatureCache, test: FeatureCache, db: SentenceDatabase, cfg: TrainConfig, fold: int,
-                  progress=lambda msg: None) -> FoldResult:
+def evaluate_fold(
+    train: FeatureCache,
+    test: FeatureCache,
+    db: SentenceDatabase,
+    cfg: TrainConfig,
+    fold: int,
+    progress=lambda msg: None,
+) -> FoldResult:
     result = FoldResult(fold)
     y = test.labels
 
@@ -82,14 +95,14 @@ def evaluate_fold(train: FeatureCache, test: FeatureCache, db: SentenceDatabase,
     regions, mask = region_polarity(full, test)
     regions = regions * mask.unsqueeze(-1)  # padded regions contribute nothing
     counts = mask.sum(1)
-    maxed = torch.stack([
-        fuse_max(global_probs[i], regions[i][mask[i]]) for i in range(len(global_probs))
-    ])
+    maxed = torch.stack([fuse_max(global_probs[i], regions[i][mask[i]]) for i in range(len(global_probs))])
     record(ROWS[6], maxed[:, 0])
-    summed = torch.stack([
-        fuse_sum(global_probs[i], regions[i][mask[i]], beta=cfg.heads.region_beta) if counts[i] else global_probs[i]
-        for i in range(len(global_probs))
-    ])
+    summed = torch.stack(
+        [
+            fuse_sum(global_probs[i], regions[i][mask[i]], beta=cfg.heads.region_beta) if counts[i] else global_probs[i]
+            for i in range(len(global_probs))
+        ]
+    )
     record(ROWS[7], summed[:, 0])
     fusion = train_concat_fusion(full, db, train, cfg, np.random.default_rng(cfg.seed))
     with torch.inference_mode():
@@ -99,8 +112,13 @@ def evaluate_fold(train: FeatureCache, test: FeatureCache, db: SentenceDatabase,
     return result
 
 
-def cross_validate(cache: FeatureCache, db: SentenceDatabase, cfg: TrainConfig = TrainConfig(), folds: int = 5,
-                   progress=lambda msg: None) -> list[FoldResult]:
+def cross_validate(
+    cache: FeatureCache,
+    db: SentenceDatabase,
+    cfg: TrainConfig = TrainConfig(),
+    folds: int = 5,
+    progress=lambda msg: None,
+) -> list[FoldResult]:
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     results = []
     for fold, (train_idx, test_idx) in enumerate(splitter.split(cache.pooled, cache.labels)):
@@ -115,5 +133,7 @@ def summarise(results: list[FoldResult]) -> dict[str, dict[str, float]]:
         auc = [r.auc[row] for r in results]
         table[row] = {"accuracy": float(np.mean(acc)), "accuracy_std": float(np.std(acc)), "auc": float(np.mean(auc))}
     recall_keys = results[0].recall.keys() if results else []
-    table["aligner (held-out image->caption)"] = {k: float(np.mean([r.recall[k] for r in results])) for k in recall_keys}
+    table["aligner (held-out image->caption)"] = {
+        k: float(np.mean([r.recall[k] for r in results])) for k in recall_keys
+    }
     return table

@@ -36,16 +36,28 @@ class PolarityData:
     def from_twitter1(cls, cache: FeatureCache, text_dim: int) -> PolarityData:
         """Twitter I (label 1 = positive): photos without post text; the generated captions are not posts."""
         n = len(cache.labels)
-        return cls(cache.feat_maps, cache.pooled, np.zeros((n, text_dim), np.float32), np.zeros(n, bool),
-                   np.where(cache.labels == 1, POSITIVE, NEGATIVE), np.ones(n, bool))
+        return cls(
+            cache.feat_maps,
+            cache.pooled,
+            np.zeros((n, text_dim), np.float32),
+            np.zeros(n, bool),
+            np.where(cache.labels == 1, POSITIVE, NEGATIVE),
+            np.ones(n, bool),
+        )
 
     @classmethod
     def from_posts(cls, cache: FeatureCache, use_text: bool = True) -> PolarityData:
         """MVSA-Single: the cache's caption embedding is the post's cleaned text (labels index POLARITY3)."""
         text = cache.caption_emb.astype(np.float32)
         mask = (np.abs(text).sum(1) > 0) & use_text
-        return cls(cache.feat_maps, cache.pooled, text * mask[:, None], mask, cache.labels.astype(int),
-                   np.zeros(len(text), bool))
+        return cls(
+            cache.feat_maps,
+            cache.pooled,
+            text * mask[:, None],
+            mask,
+            cache.labels.astype(int),
+            np.zeros(len(text), bool),
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,8 +66,14 @@ class PolarityData:
         return PolarityData(*(getattr(self, f.name)[idx] for f in fields(self)))
 
     def without_text(self) -> PolarityData:
-        return PolarityData(self.feat_maps, self.pooled, np.zeros_like(self.post_text), np.zeros_like(self.post_mask),
-                            self.labels, self.binary)
+        return PolarityData(
+            self.feat_maps,
+            self.pooled,
+            np.zeros_like(self.post_text),
+            np.zeros_like(self.post_mask),
+            self.labels,
+            self.binary,
+        )
 
     @staticmethod
     def concat(parts: list[PolarityData]) -> PolarityData:
@@ -88,8 +106,14 @@ def polarity_loss(
     return total / len(labels)
 
 
-def train_polarity(heads: MoodHeads, db: SentenceDatabase, data: PolarityData, cfg: Any,
-                   rng: np.random.Generator, epochs: int | None = None) -> list[float]:
+def train_polarity(
+    heads: MoodHeads,
+    db: SentenceDatabase,
+    data: PolarityData,
+    cfg: Any,
+    rng: np.random.Generator,
+    epochs: int | None = None,
+) -> list[float]:
     """Fit ``heads.mira`` on ``data`` (AdamW with a cosine decay to 0, mirrored feature maps as augmentation).
 
     Few epochs on purpose: on MVSA-Single the head fits the 3,611 training posts within 2-3 epochs and dev
@@ -128,7 +152,8 @@ def polarity_probs(heads: MoodHeads, db: SentenceDatabase, data: PolarityData, b
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             sl = slice(start, start + batch_size)
-            probs, _ = heads.polarity(text[sl], _tensor(data.feat_maps[sl]), _tensor(data.post_text[sl]),
-                                      torch.as_tensor(data.post_mask[sl]))
+            probs, _ = heads.polarity(
+                text[sl], _tensor(data.feat_maps[sl]), _tensor(data.post_text[sl]), torch.as_tensor(data.post_mask[sl])
+            )
             out.append(probs)
     return torch.cat(out) if out else torch.zeros(0, 3)

@@ -15,8 +15,8 @@ What supervises what (Twitter I has binary polarity labels only, no emotion labe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,8 +49,15 @@ class TrainConfig:
         return d
 
 
-def _fit(module: nn.Module, n: int, epochs: int, batch_size: int, cfg: TrainConfig, rng: np.random.Generator,
-         loss_of: Callable[[np.ndarray], torch.Tensor | None]) -> list[float]:
+def _fit(
+    module: nn.Module,
+    n: int,
+    epochs: int,
+    batch_size: int,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    loss_of: Callable[[np.ndarray], torch.Tensor | None],
+) -> list[float]:
     """AdamW over shuffled mini-batches of n samples; `loss_of(idx)` may return None to skip a batch."""
     module.train()
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -117,7 +124,9 @@ def train_mira(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg:
     return _fit(heads.mira, len(y), cfg.epochs, cfg.batch_size, cfg, rng, loss_of)
 
 
-def train_distribution(heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng) -> list[float]:
+def train_distribution(
+    heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng
+) -> list[float]:
     pooled, flipped, t = _tensor(cache.pooled), _tensor(cache.pooled_flip), _tensor(targets)
 
     def loss_of(idx):
@@ -127,16 +136,27 @@ def train_distribution(heads: MoodHeads, cache: FeatureCache, targets: np.ndarra
     return _fit(heads.distribution, len(t), cfg.epochs, cfg.batch_size, cfg, rng, loss_of)
 
 
-def train_region_scorer(heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng) -> list[float]:
+def train_region_scorer(
+    heads: MoodHeads, cache: FeatureCache, targets: np.ndarray, cfg: TrainConfig, rng
+) -> list[float]:
     img, reg = np.nonzero(cache.region_mask)
     if len(img) == 0:
         return []
     feats, t = _tensor(cache.region_feats[img, reg]), _tensor(targets[img])
-    return _fit(heads.region_scorer, len(t), max(1, cfg.epochs // 4), 256, cfg, rng,
-                lambda idx: multitask_loss(heads.region_scorer(feats[idx]), t[idx], lam=cfg.lam))
+    return _fit(
+        heads.region_scorer,
+        len(t),
+        max(1, cfg.epochs // 4),
+        256,
+        cfg,
+        rng,
+        lambda idx: multitask_loss(heads.region_scorer(feats[idx]), t[idx], lam=cfg.lam),
+    )
 
 
-def top_regions(heads: MoodHeads, cache: FeatureCache, k: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_regions(
+    heads: MoodHeads, cache: FeatureCache, k: int, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image: the top-k regions by AR score -> (emotion dists [N,k,8], feats [N,k,C], mask [N,k])."""
     with torch.inference_mode():
         feats = _tensor(cache.region_feats)
@@ -151,14 +171,22 @@ def top_regions(heads: MoodHeads, cache: FeatureCache, k: int, alpha: float) -> 
     return top_d, top_f, mask
 
 
-def train_concat_fusion(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig, rng,
-                        top_k: int = 8) -> ConcatFusion:
+def train_concat_fusion(
+    heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig, rng, top_k: int = 8
+) -> ConcatFusion:
     glob = mira_features(heads, db, cache)
     _, feats, mask = top_regions(heads, cache, top_k, heads.config.region_alpha)
     fusion = ConcatFusion(glob.shape[1], feats.shape[2])
     y = polarity_targets(cache.labels)
-    _fit(fusion, len(y), cfg.epochs, cfg.batch_size, cfg, rng, lambda idx: nn.functional.cross_entropy(
-        fusion(glob[idx], feats[idx], mask[idx]), y[idx], label_smoothing=0.1))
+    _fit(
+        fusion,
+        len(y),
+        cfg.epochs,
+        cfg.batch_size,
+        cfg,
+        rng,
+        lambda idx: nn.functional.cross_entropy(fusion(glob[idx], feats[idx], mask[idx]), y[idx], label_smoothing=0.1),
+    )
     return fusion
 
 
@@ -177,8 +205,9 @@ def mira_probs(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> t
         return heads.mira(text, _tensor(cache.feat_maps)).softmax(-1)
 
 
-def train_heads(cache: FeatureCache, db: SentenceDatabase, cfg: TrainConfig = TrainConfig(),
-                base: MoodHeads | None = None) -> tuple[MoodHeads, dict]:
+def train_heads(
+    cache: FeatureCache, db: SentenceDatabase, cfg: TrainConfig = TrainConfig(), base: MoodHeads | None = None
+) -> tuple[MoodHeads, dict]:
     """Fit every head; returns the heads and the loss history.
 
     With `base` (an ablation of an already trained model), the aligner, distribution head and
