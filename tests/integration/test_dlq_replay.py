@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from typer.testing import CliRunner
 
+from tests.reliability.verify import read_topic
 from workers.cli import app
 
 
@@ -21,18 +22,7 @@ def _dead_letter(producer, topic, key, stage, error_class, offset):
 
 
 def _read_all(bootstrap, topic):
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=3000,
-    )
-    try:
-        return list(consumer)
-    finally:
-        consumer.close()
+    return read_topic(bootstrap, topic, expect_at_least=0)
 
 
 def test_replay_filters_by_stage_and_resumes(tansu, fresh_topics, monkeypatch):

@@ -266,6 +266,16 @@ def run_batches(
     return posts, time.perf_counter() - started, latencies
 
 
+def throughput(posts: int, seconds: float, latencies: Sequence[float]) -> dict[str, Any]:
+    """The figures of every row: posts, seconds, posts per second and latency percentiles."""
+    return {
+        "posts": posts,
+        "seconds": round(seconds, 2),
+        "posts_per_s": round(posts / seconds, 3),
+        "latency_ms": _percentiles(latencies),
+    }
+
+
 def emit(record: dict[str, Any]) -> dict[str, Any]:
     print(json.dumps(record, default=str), flush=True)
     return record
@@ -367,10 +377,7 @@ def run_new_rows(models: Models, images: list[np.ndarray], args) -> dict[str, di
                 "device": "cpu",
                 "batch": args.batch,
                 "chunk": args.chunk,
-                "posts": posts,
-                "seconds": round(seconds, 2),
-                "posts_per_s": round(posts / seconds, 3),
-                "latency_ms": _percentiles(lat),
+                **throughput(posts, seconds, lat),
                 "peak_rss_mb": round(rss.peak_self / 2**20),
                 "load_avg_1m": load,
                 "region_proposals": learned.versions.region_proposals,
@@ -393,10 +400,7 @@ def run_naive(models: Models, images: list[np.ndarray], options: AnalyzerOptions
             "config": "naive",
             "device": "cpu",
             "batch": 1,
-            "posts": posts,
-            "seconds": round(seconds, 2),
-            "posts_per_s": round(posts / seconds, 3),
-            "latency_ms": _percentiles(lat),
+            **throughput(posts, seconds, lat),
             "peak_rss_mb": round(rss.peak_self / 2**20),
             "stage_share": clock.shares(),
             "load_avg_1m": load,
@@ -499,10 +503,7 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
                         "device": "cpu",
                         "clients": args.clients,
                         "batch": args.batch,
-                        "posts": posts,
-                        "seconds": round(seconds, 2),
-                        "posts_per_s": round(posts / seconds, 3),
-                        "latency_ms": _percentiles(latencies),
+                        **throughput(posts, seconds, latencies),
                         "peak_rss_mb": {
                             "client": round(rss.peak_self / 2**20),
                             "server": round(rss.peak_server / 2**20),
@@ -635,10 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "config": "b-today-selective-search",
                 "device": "cpu",
                 "batch": args.batch,
-                "posts": posts,
-                "seconds": round(seconds, 2),
-                "posts_per_s": round(posts / seconds, 3),
-                "latency_ms": _percentiles(lat),
+                **throughput(posts, seconds, lat),
                 "peak_rss_mb": round(rss.peak_self / 2**20),
                 "stage_share": clock.shares(),
                 "load_avg_1m": load,
@@ -660,10 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "config": "b-local-gpu",
                     "device": torch.cuda.get_device_name(0),
                     "batch": args.batch,
-                    "posts": posts,
-                    "seconds": round(seconds, 2),
-                    "posts_per_s": round(posts / seconds, 3),
-                    "latency_ms": _percentiles(lat),
+                    **throughput(posts, seconds, lat),
                     "peak_rss_mb": round(rss.peak_self / 2**20),
                     "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20),
                 }
