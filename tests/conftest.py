@@ -17,5 +17,8 @@ def _one_torch_thread():
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    # The first backward() of a process lazily imports torch.nested (~1-2 s); pay it here, not inside
+    # whichever test happens to run first.
+    torch.ones(1, requires_grad=True).sum().backward()
     yield
     torch.set_num_threads(previous)

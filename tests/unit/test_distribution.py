@@ -7,20 +7,6 @@ from models.distribution import DistributionHead
 from models.emotions import multitask_loss, wheel_prior_matrix
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-# The first backward() of a process lazily imports torch.nested (~1-2 s); pay it at collection,
-# not inside whichever test happens to run first.
-torch.ones(1, requires_grad=True).sum().backward()
-
-
 def _head(**kw):
     torch.manual_seed(0)
     return DistributionHead(in_dim=10, hidden_dim=16, **kw).eval()

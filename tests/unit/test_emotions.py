@@ -21,20 +21,6 @@ from models.emotions import (
     wheel_prior_matrix,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-# The first backward() of a process lazily imports torch.nested (~1-2 s); pay it at collection,
-# not inside whichever test happens to run first.
-torch.ones(1, requires_grad=True).sum().backward()
-
 indices = st.integers(min_value=0, max_value=7)
 
 

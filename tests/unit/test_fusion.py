@@ -7,20 +7,6 @@ import torch
 
 from models.fusion import MiraHead, flatten_feature_map, masked_mean
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-# The first backward() of a process lazily imports torch.nested (~1-2 s); pay it at collection,
-# not inside whichever test happens to run first.
-torch.ones(1, requires_grad=True).sum().backward()
-
 B, K, T, C, H, W, D = 2, 3, 12, 20, 3, 4, 16
 
 

@@ -26,16 +26,6 @@ from models.regions import (
     top_k_regions,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 RECTS = [(60, 80, 260, 300), (360, 60, 580, 200)]  # drawn on a 640 x 480 image, x1/y1 exclusive
 
 
