@@ -42,14 +42,6 @@ GOEMOTIONS_LABELS = (
 ).split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def enc():
     return tiny_text_encoder(0)
