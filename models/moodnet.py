@@ -5,7 +5,7 @@ Given the backbone's feature map X [B, C, h, w] (pooled x [B, C]) and the text-e
 
     polarity   = softmax(MiraHead(T, X, post text P))               MIRA, 3 classes: positive, neutral, negative
     emotions   = DistributionHead(x)                                EW-MTCNN over the 8 Mikels emotions, prior inside
-    emotion6   = DistributionHead_7(x)                              Emotion6's 7 labels, trained on human distributions
+    emotion6   = mean of 5 DistributionHead_7(x)                    Emotion6's 7 labels, trained on human distributions
     region y_r = RegionScorer(RoIAlign(X, box_r))                   8-emotion distribution per region
     fused      = regions move the polar mass only:                  AR "sum" fusion over the top-K regions
                  pos' = (1 - beta) pos + beta (pos + neg) mean_r(pos(y_r)), neg' likewise, neutral unchanged
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.distribution import DistributionHead
+from models.distribution import DistributionEnsemble, DistributionHead
 from models.emotion6 import NUM_EMOTION6
 from models.emotions import POSITIVE_MASK
 from models.encoders import AlignedImageEncoder
@@ -42,15 +42,16 @@ class HeadsConfig:
     text_dim: int = 384
     hidden_dim: int = 128
     mira_mode: str = "full"
-    mira_pooling: str = "mean"  # models.fusion: "mean" over the queries (MIRA) or per-slot (sentences | post | image)
+    mira_pooling: str = "slots"  # models.fusion: "mean" over the queries (MIRA) or per-slot (sentences | post | image)
     retrieval_k: int = 3
     region_beta: float = 0.3
     region_alpha: float = 0.6
     region_fusion: str = "sum"
     dropout: float = 0.2
-    post_text: bool = False  # the MIRA head reads the post's own text as one more query
-    num_polarities: int = 2  # 3: positive, neutral, negative; 2: positive, negative (checkpoints before v2)
-    emotion6: bool = False  # the head over Emotion6's labels
+    post_text: bool = True  # the MIRA head reads the post's own text as one more query
+    num_polarities: int = 3  # 3: positive, neutral, negative; 2: positive, negative (checkpoints before v2)
+    emotion6: bool = True  # the head over Emotion6's labels
+    emotion6_members: int = 5
     emotion6_hidden: int = 256
     emotion6_dropout: float = 0.5
 
@@ -83,7 +84,8 @@ class MoodHeads(nn.Module):
         )
         self.distribution = DistributionHead(in_dim=config.image_dim, dropout=config.dropout)
         self.emotion6 = (
-            DistributionHead(
+            DistributionEnsemble(
+                config.emotion6_members,
                 in_dim=config.image_dim,
                 hidden_dim=config.emotion6_hidden,
                 dropout=config.emotion6_dropout,

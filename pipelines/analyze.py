@@ -1,9 +1,11 @@
-"""The in-process Analyzer: a batch of RGB images -> ImageAnalysis per image.
+"""The in-process Analyzer: a batch of posts (RGB image + optional text) -> ImageAnalysis per post.
 
-Per batch: one backbone pass (feature maps + pooled vectors) -> aligned embedding -> FAISS top-k
-sentences (their text features are precomputed in the index) -> MIRA polarity and the EW-MTCNN
-emotion distribution, all batched; per image: region proposals (thread pool, OpenCV releases the
-GIL) -> RoI features from the same feature map -> region scores -> AR top-K -> sum fusion.
+Per batch: one backbone pass (feature maps + pooled vectors) -> aligned embedding -> FAISS top-M
+candidate sentences (their text features are precomputed in the index; the fusion reads the first k)
+-> the post texts through the text encoder (pipelines.text decides which are read) -> three-way MIRA
+polarity with and without the post's words, the Mikels (EW-MTCNN) and Emotion6 distributions, all
+batched; per image: region proposals (thread pool, OpenCV releases the GIL) -> RoI features from the
+same feature map -> region scores -> AR top-K -> sum fusion -> evidence ranked (pipelines.evidence).
 
 The stages are module functions (``retrieval_stage``, ``heads_stage``, ``region_distributions``)
 and the step from stage outputs to an ``ImageAnalysis`` is ``compose_analysis``, so that every
@@ -23,10 +25,11 @@ import numpy as np
 import torch
 
 from models.emotions import polarity_from_emotions
-from models.encoders import ImageBackbone
-from models.moodnet import POLARITY_CLASSES, MoodHeads, calibrate_emotions
-from models.regions import ar_score, fuse_sum, senti_score, top_k_regions
+from models.encoders import ImageBackbone, TextEncoder
+from models.moodnet import POLARITY3_CLASSES, MoodHeads, calibrate_emotions, fuse_regions_sum
+from models.regions import ar_score, senti_score, top_k_regions
 from pipelines.checkpoints import heads_version
+from pipelines.evidence import EvidenceRanking, rank_evidence
 from pipelines.regions import (
     ProposalMethod,
     RegionCandidates,
@@ -39,10 +42,20 @@ from pipelines.regions import (
     top_regions_as_candidates,
 )
 from pipelines.retrieval import Retrieval, Sentence, SentenceDatabase
+from pipelines.text import DEFAULT_TEXT_LANGUAGES, PostText, TextUse, decide_text_use
 from schemas.emotions import MIKELS_EMOTIONS
-from schemas.results import EmotionDistribution, Evidence, ImageAnalysis, ModelVersions, PolarityProbs, Region
+from schemas.results import (
+    Emotion6Distribution,
+    EmotionDistribution,
+    Evidence,
+    ImageAnalysis,
+    ModelVersions,
+    PolarityProbs3,
+    Region,
+    TextInfluence,
+)
 
-ANALYZER_VERSION = "moodwatch-analyzer/1"
+ANALYZER_VERSION = "moodwatch-analyzer/2"
 
 
 @dataclass(frozen=True)
@@ -58,16 +71,25 @@ class AnalyzerOptions:
     # backbone (the worker's default through MOODWATCH_REGION_PROPOSALS; needs the EfficientNet-Lite0 feature map)
     proposals: ProposalMethod = "selective_search"
     backbone_chunk: int = 0  # run the backbone over chunks of this many images (0 = whole batch); see README
+    evidence: EvidenceRanking = field(default_factory=EvidenceRanking)
+    text_languages: tuple[str, ...] = DEFAULT_TEXT_LANGUAGES  # post text in other languages is not read
+
+    @property
+    def candidates(self) -> int:
+        """Sentences retrieved per image: the evidence candidates, at least the k the fusion reads."""
+        return max(self.retrieval_k, self.evidence.candidates)
 
 
 @dataclass
 class GlobalOutputs:
     """Batched outputs of the global (whole-image) stages; also what the Triton backend returns."""
 
-    polarity: torch.Tensor  # [B, 2] positive, negative
-    emotions: torch.Tensor  # [B, 8] wheel order
-    retrieval_scores: np.ndarray  # [B, k]
-    retrieval_ids: np.ndarray  # [B, k]
+    polarity: torch.Tensor  # [B, 3] positive, neutral, negative (before region fusion)
+    polarity_no_text: torch.Tensor  # [B, 3] the same without the post's words
+    emotions: torch.Tensor  # [B, 8] Mikels wheel order
+    emotions6: torch.Tensor  # [B, 7] EMOTION6_LABELS order
+    retrieval_scores: np.ndarray  # [B, M] the candidates, best first; the fusion read the first retrieval_k
+    retrieval_ids: np.ndarray  # [B, M]
 
 
 # -- stages (shared by LocalAnalyzer and the Triton python-backend models) ---------------------------
@@ -79,13 +101,54 @@ def retrieval_stage(heads: MoodHeads, database: SentenceDatabase, pooled: torch.
     return database.retrieve(query.cpu().numpy(), k=k)
 
 
-def heads_stage(
-    heads: MoodHeads, feat_map: torch.Tensor, pooled: torch.Tensor, text_feats: torch.Tensor
+def text_stage(
+    text_encoder: TextEncoder | None, texts: Sequence[str | None], dim: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MIRA polarity [B, 2] (text features attend over the feature map) and the emotion distribution [B, 8]."""
-    polarity, _ = heads.polarity(text_feats, feat_map)
-    emotions = heads.emotions(pooled)
-    return polarity, emotions
+    """The texts the model reads (None: no text) -> features [B, dim] (zeros where none) and mask [B]."""
+    mask = torch.tensor([bool(t) for t in texts], dtype=torch.bool)
+    features = torch.zeros(len(texts), dim)
+    if mask.any():
+        if text_encoder is None:
+            raise ValueError("post texts given but no text encoder")
+        wanted = [t for t in texts if t]
+        features[mask] = torch.as_tensor(text_encoder.encode(wanted, batch_size=32), dtype=torch.float32)
+    return features.to(device), mask.to(device)
+
+
+def text_uses(
+    texts: Sequence[PostText | None] | None, n: int, languages: tuple[str, ...], readable: bool = True
+) -> list[TextUse | None]:
+    """What becomes of each post's text (pipelines.text); ``readable`` False: the backend cannot read text."""
+    if texts is None:
+        return [None] * n
+    if len(texts) != n:
+        raise ValueError(f"{len(texts)} texts for {n} images")
+    uses = [decide_text_use(t, languages) if t is not None else None for t in texts]
+    if not readable:  # say so instead of pretending the words were read
+        uses = [TextUse(None, "no_text") if u is not None and u.text else u for u in uses]
+    return uses
+
+
+def heads_stage(
+    heads: MoodHeads,
+    feat_map: torch.Tensor,
+    pooled: torch.Tensor,
+    text_feats: torch.Tensor,
+    post_text: torch.Tensor | None = None,
+    post_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three-way MIRA polarity [B, 3] with and without the post's words (the k retrieved sentences' features
+    [B, k, D] and the post text [B, D] attend over the feature map), and the Mikels [B, 8] and Emotion6 [B, 7]
+    distributions. Posts without text get the same polarity twice."""
+    batch = feat_map.shape[0]
+    if post_text is None:
+        post_text = feat_map.new_zeros(batch, heads.config.text_dim)
+        post_mask = torch.zeros(batch, dtype=torch.bool, device=feat_map.device)
+    polarity, _ = heads.polarity(text_feats, feat_map, post_text, post_mask)
+    polarity_no_text = polarity
+    if post_mask.any():
+        polarity_no_text, _ = heads.polarity(text_feats, feat_map, post_text, torch.zeros_like(post_mask))
+    return polarity, polarity_no_text, heads.emotions(pooled), heads.emotions6(pooled)
 
 
 def region_distributions(
@@ -146,42 +209,82 @@ def select_regions(
 
 
 def compose_analysis(
-    polarity: torch.Tensor,
-    emotions: torch.Tensor,
+    outputs: GlobalOutputs,
+    i: int,
     region_dists: torch.Tensor | None,
     candidates: RegionCandidates | None,
     evidence: Sequence[Sentence],
-    evidence_scores: Sequence[float] | np.ndarray,
     width: int,
     height: int,
     options: AnalyzerOptions,
+    text_use: TextUse | None = None,
 ) -> ImageAnalysis:
-    """One image's stage outputs -> ImageAnalysis.
+    """Image ``i`` of a batch's stage outputs -> ImageAnalysis.
 
-    ``polarity`` [2] global MIRA probabilities, ``emotions`` [8], ``region_dists`` [R, 8] for the
-    R candidates (None or empty: no regions), ``evidence`` the k retrieved sentences with their
-    cosine ``evidence_scores``; width/height of the original image.
+    ``region_dists`` [R, 8] for the R candidates (None or empty: no regions), ``evidence`` the M candidate
+    sentences of the image (scores in ``outputs.retrieval_scores[i]``), width/height of the original image,
+    ``text_use`` what became of the post's text (None: the post had none).
     """
+    polarity, no_text = outputs.polarity[i].float().cpu(), outputs.polarity_no_text[i].float().cpu()
     if region_dists is None:
         region_dists = polarity.new_zeros((0, len(MIKELS_EMOTIONS)))
-    regions, top_dists = select_regions(region_dists, candidates, width, height, options)
-    fused = fuse_sum(polarity, polarity_from_emotions(top_dists), beta=options.region_beta)
-    calibrated = calibrate_emotions(emotions, fused)
-    pos, neg = (float(v) for v in fused / fused.sum())
+    regions, top_dists = select_regions(region_dists.float().cpu(), candidates, width, height, options)
+    region_polarity = polarity_from_emotions(top_dists)
+    fused = _normalised(fuse_regions_sum(polarity, region_polarity, beta=options.region_beta))
+    fused_no_text = _normalised(fuse_regions_sum(no_text, region_polarity, beta=options.region_beta))
+    probs = PolarityProbs3(**{name: _unit(v) for name, v in zip(POLARITY3_CLASSES, fused.tolist())})
+    calibrated = calibrate_emotions(outputs.emotions[i].float().cpu(), fused)
     dist = EmotionDistribution.from_sequence([_unit(v) for v in calibrated / calibrated.sum()])
+    emotion6 = outputs.emotions6[i].float().cpu()
+    dist6 = Emotion6Distribution.from_sequence([_unit(v) for v in emotion6 / emotion6.sum()])
     return ImageAnalysis(
-        polarity=POLARITY_CLASSES[0] if pos >= neg else POLARITY_CLASSES[1],
-        polarity_probs=PolarityProbs(positive=_unit(pos), negative=_unit(neg)),
+        polarity=probs.verdict(),
+        polarity_probs=probs,
         emotions=dist,
         dominant_emotion=dist.dominant(),
+        emotion6=dist6,
+        dominant_emotion6=dist6.dominant(),
+        text_influence=text_influence(fused, fused_no_text, text_use),
         regions=regions,
-        evidence=[
-            Evidence(text=s.text, emotion=s.emotion, similarity=float(sc), source=s.source)
-            for s, sc in zip(evidence, evidence_scores)
-        ],
+        evidence=shown_evidence(evidence, outputs.retrieval_scores[i], calibrated.numpy(), options),
         image_width=width,
         image_height=height,
     )
+
+
+def text_influence(fused: torch.Tensor, fused_no_text: torch.Tensor, text_use: TextUse | None) -> TextInfluence:
+    status = text_use.reason if text_use is not None else "no_text"
+    if status != "used":
+        return TextInfluence(status=status)  # type: ignore[arg-type]
+    without = POLARITY3_CLASSES[int(fused_no_text.argmax())]
+    return TextInfluence(
+        status="used",
+        shift=_unit(0.5 * float((fused - fused_no_text).abs().sum())),
+        polarity_without_text=without,  # type: ignore[arg-type]
+        changed_verdict=without != POLARITY3_CLASSES[int(fused.argmax())],
+    )
+
+
+def shown_evidence(
+    sentences: Sequence[Sentence], scores: np.ndarray, emotions: np.ndarray, options: AnalyzerOptions
+) -> list[Evidence]:
+    """The candidates ranked by similarity and agreement with the post's distribution (pipelines.evidence)."""
+    sentences = list(sentences)
+    if not sentences:
+        return []
+    emotion_ids = np.array([MIKELS_EMOTIONS.index(s.emotion) for s in sentences])
+    order = rank_evidence(np.asarray(scores)[: len(sentences)], emotion_ids, emotions, options.evidence)
+    return [
+        Evidence(
+            text=sentences[j].text,
+            emotion=sentences[j].emotion,
+            similarity=float(scores[j]),
+            source=sentences[j].source,
+            in_fusion=bool(j < options.retrieval_k),
+            support=_unit(emotions[emotion_ids[j]]),
+        )
+        for j in (int(o) for o in order)
+    ]
 
 
 def analyzer_versions(
@@ -209,11 +312,13 @@ class LocalAnalyzer:
         database: SentenceDatabase,
         options: AnalyzerOptions = AnalyzerOptions(),
         proposer: torch.nn.Module | None = None,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         self.backbone = backbone.eval()
         self.heads = heads.eval()
         self.database = database
         self.options = options
+        self.text_encoder = text_encoder.eval() if text_encoder is not None else None
         regions_on = options.regions_enabled and options.regions_top_k > 0
         self.learned = regions_on and options.proposals == "learned"
         if self.learned and proposer is None:
@@ -230,11 +335,15 @@ class LocalAnalyzer:
 
     # -- Analyzer interface ------------------------------------------------------------------------
 
-    def analyze(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
+    def analyze(
+        self, images: Sequence[np.ndarray], texts: Sequence[PostText | None] | None = None
+    ) -> list[ImageAnalysis]:
+        """One ImageAnalysis per image; ``texts[i]`` is post i's text and language (None: image only)."""
         if not images:
             return []
+        uses = self.text_uses(texts, len(images))
         if self.learned:
-            return self._analyze_learned(images)
+            return self._analyze_learned(images, uses)
         candidates = (
             list(self._pool.map(lambda img: region_candidates(img, self.options.region), images))
             if self.options.regions_enabled and self.options.regions_top_k > 0
@@ -242,7 +351,7 @@ class LocalAnalyzer:
         )
         with torch.inference_mode():
             feat_map, pooled = self.backbone_pass(images)
-            outputs = self.global_outputs(feat_map, pooled)
+            outputs = self.global_outputs(feat_map, pooled, uses)
             evidence = self.database.sentences_for(outputs.retrieval_ids)
             results = []
             for i, image in enumerate(images):
@@ -252,46 +361,27 @@ class LocalAnalyzer:
                 )
                 results.append(
                     compose_analysis(
-                        outputs.polarity[i],
-                        outputs.emotions[i],
-                        dists,
-                        candidates[i],
-                        evidence[i],
-                        outputs.retrieval_scores[i],
-                        width,
-                        height,
-                        self.options,
+                        outputs, i, dists, candidates[i], evidence[i], width, height, self.options, uses[i]
                     )
                 )
         return results
 
-    def _analyze_learned(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
+    def _analyze_learned(self, images: Sequence[np.ndarray], uses: list[TextUse | None]) -> list[ImageAnalysis]:
         """One tensor program per micro-batch: backbone -> retrieval + heads -> proposals -> RoI-align -> AR top-K."""
         sizes = torch.tensor([(img.shape[1], img.shape[0]) for img in images], device=self.backbone.device)
         with torch.inference_mode():
             feat_map, pooled = self.backbone_pass(images)
-            outputs = self.global_outputs(feat_map, pooled)
+            outputs = self.global_outputs(feat_map, pooled, uses)
             boxes, objectness, mask = self.proposer(feat_map, sizes)
             top = learned_top_regions(
                 self.heads, feat_map, boxes, objectness, mask, self.options.regions_top_k, self.options.region_alpha
             )
             evidence = self.database.sentences_for(outputs.retrieval_ids)
-            polarity, emotions = outputs.polarity.float().cpu(), outputs.emotions.float().cpu()
             results = []
             for i, (width, height) in enumerate(sizes.tolist()):
                 candidates, dists = top_regions_as_candidates(top, i, width, height)
                 results.append(
-                    compose_analysis(
-                        polarity[i],
-                        emotions[i],
-                        dists,
-                        candidates,
-                        evidence[i],
-                        outputs.retrieval_scores[i],
-                        width,
-                        height,
-                        self.options,
-                    )
+                    compose_analysis(outputs, i, dists, candidates, evidence[i], width, height, self.options, uses[i])
                 )
         return results
 
@@ -313,15 +403,30 @@ class LocalAnalyzer:
 
     # -- stages ------------------------------------------------------------------------------------
 
-    def global_outputs(self, feat_map: torch.Tensor, pooled: torch.Tensor) -> GlobalOutputs:
-        retrieval = retrieval_stage(self.heads, self.database, pooled, self.options.retrieval_k)
-        text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
-        polarity, emotions = heads_stage(self.heads, feat_map, pooled, text_feats)
-        return GlobalOutputs(polarity, emotions, retrieval.scores, retrieval.ids)
+    def text_uses(self, texts: Sequence[PostText | None] | None, n: int) -> list[TextUse | None]:
+        readable = self.text_encoder is not None and self.heads.config.post_text
+        return text_uses(texts, n, self.options.text_languages, readable)
+
+    def global_outputs(
+        self, feat_map: torch.Tensor, pooled: torch.Tensor, uses: Sequence[TextUse | None] | None = None
+    ) -> GlobalOutputs:
+        retrieval = retrieval_stage(self.heads, self.database, pooled, self.options.candidates)
+        k = self.options.retrieval_k
+        text_feats = torch.as_tensor(retrieval.features[:, :k], dtype=feat_map.dtype, device=feat_map.device)
+        texts = [u.text if u is not None else None for u in (uses or [None] * len(pooled))]
+        post_text, post_mask = text_stage(self.text_encoder, texts, self.heads.config.text_dim, feat_map.device)
+        polarity, no_text, emotions, emotions6 = heads_stage(
+            self.heads, feat_map, pooled, text_feats, post_text.to(feat_map.dtype), post_mask
+        )
+        return GlobalOutputs(polarity, no_text, emotions, emotions6, retrieval.scores, retrieval.ids)
 
 
 def _encoder_name(entry: Any) -> str:
     return str(entry.get("name", "unknown")) if isinstance(entry, dict) else str(entry or "unknown")
+
+
+def _normalised(probs: torch.Tensor) -> torch.Tensor:
+    return probs / probs.sum().clamp_min(1e-12)
 
 
 def _unit(value) -> float:

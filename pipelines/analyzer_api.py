@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pipelines.errors import PermanentError, TransientError
+from pipelines.text import PostText
 from schemas.results import ImageAnalysis, ModelVersions
 
 
@@ -21,11 +22,17 @@ class AnalysisFailed(PermanentError):
 
 @runtime_checkable
 class Analyzer(Protocol):
-    """A batch of decoded RGB images (H x W x 3 uint8) -> one ImageAnalysis per image, in order."""
+    """A batch of posts -> one ImageAnalysis per post, in order.
+
+    ``images``: decoded RGB images (H x W x 3 uint8); ``texts``: per post its text and language
+    (pipelines.text.PostText) or None, None for the whole batch = every post image only. Which texts
+    the model reads is decided by pipelines.text (language policy) and reported in the analysis."""
 
     versions: ModelVersions
 
-    def analyze(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]: ...
+    def analyze(
+        self, images: Sequence[np.ndarray], texts: Sequence[PostText | None] | None = None
+    ) -> list[ImageAnalysis]: ...
 
     def ready(self) -> bool: ...
 

@@ -8,7 +8,8 @@ images, count for each tied label).
 
 Training: the pooled frozen backbone feature -> DistributionHead over the seven labels (no prior layer:
 the Plutchik-wheel prior of models.emotion6 scored worse in CV, see README), loss (1 - lambda) CE +
-lambda KL with lambda = 0.85, AdamW with a cosine schedule, mirrored images as augmentation.
+lambda KL with lambda = 0.85, AdamW with a cosine schedule, mirrored images as augmentation; five such
+heads from different seeds, averaged (models.distribution.DistributionEnsemble).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
+from torch import nn
 
-from models.distribution import DistributionHead
+from models.distribution import DistributionEnsemble, DistributionHead
 from models.emotion6 import MIKELS_TO_EMOTION6, NUM_EMOTION6
 from models.emotions import multitask_loss
 from models.metrics import distribution_metrics
@@ -37,18 +39,45 @@ class Emotion6Config:
     lam: float = 0.85
     hidden_dim: int = 256
     dropout: float = 0.5
+    members: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def new_head(in_dim: int, cfg: Emotion6Config) -> DistributionHead:
-    return DistributionHead(
-        in_dim=in_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, num_labels=NUM_EMOTION6, use_prior=False
+def new_head(in_dim: int, cfg: Emotion6Config) -> DistributionEnsemble:
+    return DistributionEnsemble(
+        cfg.members,
+        in_dim=in_dim,
+        hidden_dim=cfg.hidden_dim,
+        dropout=cfg.dropout,
+        num_labels=NUM_EMOTION6,
+        use_prior=False,
     )
 
 
 def train_emotion6(
+    head: DistributionEnsemble,
+    pooled: np.ndarray,
+    pooled_flip: np.ndarray,
+    targets: np.ndarray,
+    cfg: Emotion6Config,
+    seed: int | None = None,
+) -> list[float]:
+    """Every member from a fresh start on its own seed (``seed`` + member index); returns all the losses."""
+    seed = cfg.seed if seed is None else seed
+    losses = []
+    for m, member in enumerate(head.members):
+        torch.manual_seed(seed + m)
+        for layer in member.modules():
+            if layer is not member and hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        losses += _train_member(member, pooled, pooled_flip, targets, cfg, np.random.default_rng(seed + m))
+    head.eval()
+    return losses
+
+
+def _train_member(
     head: DistributionHead,
     pooled: np.ndarray,
     pooled_flip: np.ndarray,
@@ -74,7 +103,7 @@ def train_emotion6(
     return losses
 
 
-def predict(head: DistributionHead, pooled: np.ndarray) -> np.ndarray:
+def predict(head: nn.Module, pooled: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return head(torch.as_tensor(np.asarray(pooled, np.float32))).numpy()
 
@@ -108,17 +137,19 @@ def cross_validate(
     per_fold = []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     for fold, (train_idx, test_idx) in enumerate(splitter.split(pooled, strata)):
-        torch.manual_seed(cfg.seed + fold)
         head = new_head(pooled.shape[1], cfg)
-        train_emotion6(
-            head,
-            pooled[train_idx],
-            pooled_flip[train_idx],
-            targets[train_idx],
-            cfg,
-            np.random.default_rng(cfg.seed + fold),
-        )
+        train_emotion6(head, pooled[train_idx], pooled_flip[train_idx], targets[train_idx], cfg)
         preds[test_idx] = predict(head, pooled[test_idx])
         per_fold.append(score(preds[test_idx], targets[test_idx]))
         progress(f"fold {fold}: KL {per_fold[-1]['kl']:.4f}, accuracy {per_fold[-1]['accuracy']:.4f}")
     return score(preds, targets), per_fold, preds
+
+
+def score_shipped(heads, pooled: np.ndarray, targets: np.ndarray) -> dict[str, dict[str, float]]:
+    """The shipped Emotion6 head on every image, and the shipped Mikels head through the documented mapping."""
+    with torch.inference_mode():
+        x = torch.as_tensor(np.asarray(pooled, np.float32))
+        scores = {"Mikels head mapped": score(mikels_as_emotion6(heads.emotions(x).numpy()), targets)}
+        if heads.emotion6 is not None:  # checkpoints before schema v2 have none
+            scores = {"emotion6 head": score(heads.emotions6(x).numpy(), targets), **scores}
+    return scores

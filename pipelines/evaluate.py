@@ -19,8 +19,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from models.metrics import polarity_metrics
+from models.moodnet import MoodHeads
 from models.regions import fuse_max, fuse_sum
+from pipelines.evidence import evidence_agreement
 from pipelines.features import FeatureCache
+from pipelines.polarity import PolarityData, positive_share
 from pipelines.retrieval import SentenceDatabase
 from pipelines.train import (
     TrainConfig,
@@ -52,6 +55,7 @@ class FoldResult:
     accuracy: dict[str, float] = field(default_factory=dict)
     auc: dict[str, float] = field(default_factory=dict)
     recall: dict[str, float] = field(default_factory=dict)
+    evidence: dict[str, float] = field(default_factory=dict)
 
 
 def aligner_recall(heads, cache: FeatureCache, ks=(1, 5, 10)) -> dict[str, float]:
@@ -70,6 +74,7 @@ def evaluate_fold(
     cfg: TrainConfig,
     fold: int,
     progress=lambda msg: None,
+    extra: PolarityData | None = None,
 ) -> FoldResult:
     result = FoldResult(fold)
     y = test.labels
@@ -83,13 +88,13 @@ def evaluate_fold(
     record(ROWS[0], baseline.predict_proba(test.pooled)[:, 1])
 
     progress(f"fold {fold}: full model")
-    full, _ = train_heads(train, db, cfg)
+    full, _ = train_heads(train, db, cfg, extra=extra)
     result.recall = aligner_recall(full, test)
     for row, mode, k in ((ROWS[1], "image_only", None), (ROWS[2], "concat", None), (ROWS[3], "full", 1)):
         progress(f"fold {fold}: {row}")
-        heads, _ = train_heads(train, db, with_mode(cfg, mode, k), base=full)
-        record(row, mira_probs(heads, db, test)[:, 0])
-    global_probs = mira_probs(full, db, test)
+        heads, _ = train_heads(train, db, with_mode(cfg, mode, k), base=full, extra=extra)
+        record(row, positive_share(mira_probs(heads, db, test)))
+    global_probs = _two_way(mira_probs(full, db, test))
     record(ROWS[4], global_probs[:, 0])
     record(ROWS[5], global_probs[:, 0])
     regions, mask = region_polarity(full, test)
@@ -104,6 +109,7 @@ def evaluate_fold(
         ]
     )
     record(ROWS[7], summed[:, 0])
+    result.evidence = evidence_agreement(full, db, test.pooled, summed)
     fusion = train_concat_fusion(full, db, train, cfg, np.random.default_rng(cfg.seed))
     with torch.inference_mode():
         _, feats, fmask = top_regions(full, test, 8, cfg.heads.region_alpha)
@@ -112,17 +118,25 @@ def evaluate_fold(
     return result
 
 
+def _two_way(probs: torch.Tensor) -> torch.Tensor:
+    """Three-way probabilities -> positive, negative renormalised (Twitter I is a binary benchmark)."""
+    share = positive_share(probs)
+    return torch.stack([share, 1 - share], dim=-1)
+
+
 def cross_validate(
     cache: FeatureCache,
     db: SentenceDatabase,
     cfg: TrainConfig = TrainConfig(),
     folds: int = 5,
     progress=lambda msg: None,
+    extra: PolarityData | None = None,
 ) -> list[FoldResult]:
+    """Stratified k-fold on Twitter I; ``extra`` (posts of another data set) joins every fold's MIRA training."""
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     results = []
     for fold, (train_idx, test_idx) in enumerate(splitter.split(cache.pooled, cache.labels)):
-        results.append(evaluate_fold(cache.subset(train_idx), cache.subset(test_idx), db, cfg, fold, progress))
+        results.append(evaluate_fold(cache.subset(train_idx), cache.subset(test_idx), db, cfg, fold, progress, extra))
     return results
 
 
@@ -136,4 +150,37 @@ def summarise(results: list[FoldResult]) -> dict[str, dict[str, float]]:
     table["aligner (held-out image->caption)"] = {
         k: float(np.mean([r.recall[k] for r in results])) for k in recall_keys
     }
+    evidence_keys = results[0].evidence.keys() if results else []
+    table["evidence agreement (AR sum verdict)"] = {
+        k: float(np.mean([r.evidence[k] for r in results])) for k in evidence_keys
+    }
     return table
+
+
+def fused_polarity(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> torch.Tensor:
+    """What the analyzer decides for Twitter I images: MIRA, then AR sum fusion of the top-8 regions, as
+    positive, negative [N, 2]."""
+    global_probs = _two_way(mira_probs(heads, db, cache))
+    regions, mask = region_polarity(heads, cache)
+    return torch.stack(
+        [
+            fuse_sum(global_probs[i], regions[i][mask[i]], beta=heads.config.region_beta)
+            if mask[i].any()
+            else global_probs[i]
+            for i in range(len(global_probs))
+        ]
+    )
+
+
+def score_shipped(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> dict[str, float]:
+    """The shipped heads, untrained further, on every image of ``cache`` (label 1 = positive)."""
+    fused = fused_polarity(heads, db, cache)
+    metrics = polarity_metrics(cache.labels, fused[:, 0].numpy())
+    agreement = evidence_agreement(heads, db, cache.pooled, fused)
+    return {
+        "accuracy": metrics["accuracy"],
+        "auc": metrics["auc"],
+        "evidence_top1": agreement["top1"],
+        "evidence_majority": agreement["majority"],
+        "evidence_mean_similarity": agreement["mean_similarity"],
+    }

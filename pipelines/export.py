@@ -51,6 +51,7 @@ from models.encoders import ImageBackbone, load_image_backbone
 from models.moodnet import MoodHeads
 from pipelines.analyze import ANALYZER_VERSION, analyzer_versions
 from pipelines.checkpoints import load_heads
+from pipelines.evidence import EvidenceRanking
 from pipelines.regions import RegionSettings
 from pipelines.retrieval import IndexMismatchError, SentenceDatabase
 
@@ -149,6 +150,7 @@ def export_repository(
     *,
     image_encoder: str | ImageBackbone = "efficientnet-lite0",
     retrieval_k: int = 3,
+    candidates: int = EvidenceRanking().candidates,
     max_regions: int | None = None,
     max_batch_size: int | None = None,
     models: Iterable[str] | None = None,
@@ -185,6 +187,7 @@ def export_repository(
     if retrieval_k < 1:
         raise ExportError("retrieval_k must be >= 1")
     k = min(int(retrieval_k), len(database))
+    m = min(max(int(candidates), k), len(database))  # evidence candidates, the first k of them read by the fusion
     max_regions = int(max_regions or RegionSettings().clusters)
     mbs = int(max_batch_size or profile["max_batch_size"])
 
@@ -194,6 +197,7 @@ def export_repository(
         "resize_mode": backbone.resize_mode,
         "max_regions": max_regions,
         "retrieval_k": k,
+        "candidates": m,
         "max_batch_size": mbs,
     }
     common = {
@@ -208,10 +212,12 @@ def export_repository(
         "fmap_w": backbone.spatial_size[1],
         "text_dim": database.feature_dim,
         "retrieval_k": k,
+        "candidates": m,
         "max_regions": max_regions,
         "contract_parameters": _parameters(
             {
                 **{f"moodwatch.{key}": value for key, value in versions.items() if key != "backend"},
+                "moodwatch.retrieval_k": str(k),
                 "moodwatch.resize_mode": backbone.resize_mode,
                 "moodwatch.export_kind": kind,
                 "moodwatch.exported_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -96,11 +96,13 @@ def polarity_loss(
     total = logits.new_zeros(())
     three_way = ~binary
     if three_way.any():
+        if logits.shape[1] != 3:
+            raise ValueError("three-way labels need a three-way head")
         total = total + nn.functional.cross_entropy(
             logits[three_way], labels[three_way], label_smoothing=smoothing, reduction="sum"
         )
     if binary.any():
-        two = logits[binary][:, [POSITIVE, NEGATIVE]]
+        two = logits[binary][:, [POSITIVE, logits.shape[1] - 1]]  # a two-way head's negative is its column 1
         target = (labels[binary] == NEGATIVE).long()
         total = total + nn.functional.cross_entropy(two, target, label_smoothing=smoothing, reduction="sum")
     return total / len(labels)
@@ -145,6 +147,11 @@ def train_polarity(
     return losses
 
 
+def positive_share(probs: torch.Tensor) -> torch.Tensor:
+    """p(positive) / (p(positive) + p(negative)) of [N, 3] (or two-way [N, 2]) probabilities: the binary score."""
+    return probs[:, POSITIVE] / (probs[:, POSITIVE] + probs[:, -1]).clamp_min(1e-12)
+
+
 def polarity_probs(heads: MoodHeads, db: SentenceDatabase, data: PolarityData, batch_size: int = 256) -> torch.Tensor:
     """Three-way probabilities [N, 3] of the MIRA head (before region fusion)."""
     text = retrieved_features(heads, db, data.pooled)
@@ -156,4 +163,4 @@ def polarity_probs(heads: MoodHeads, db: SentenceDatabase, data: PolarityData, b
                 text[sl], _tensor(data.feat_maps[sl]), _tensor(data.post_text[sl]), torch.as_tensor(data.post_mask[sl])
             )
             out.append(probs)
-    return torch.cat(out) if out else torch.zeros(0, 3)
+    return torch.cat(out) if out else torch.zeros(0, heads.config.num_polarities)

@@ -27,16 +27,17 @@ from models.moodnet import HeadsConfig, MoodHeads
 from models.regions import ConcatFusion, ar_score, senti_score
 from pipelines.features import FeatureCache
 from pipelines.fitting import _batches, _flip_mask, _tensor, retrieve
+from pipelines.polarity import PolarityData, polarity_probs, train_polarity
 from pipelines.retrieval import SentenceDatabase
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    epochs: int = 15
+    epochs: int = 8
     align_epochs: int = 40
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     lam: float = 0.7
     target_k: int = 10
@@ -109,19 +110,19 @@ def polarity_targets(labels: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(1 - np.asarray(labels), dtype=torch.long)
 
 
-def train_mira(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache, cfg: TrainConfig, rng) -> list[float]:
-    k = heads.config.retrieval_k
-    text = _tensor(retrieve(heads, db, cache.pooled, k).features) if heads.mira.mode != "image_only" else None
-    fmaps = _tensor(cache.feat_maps)
-    y = polarity_targets(cache.labels)
-
-    def loss_of(idx):
-        fm = fmaps[idx]
-        fm = torch.where(_flip_mask(rng, len(idx), 1, 1, 1), fm.flip(-1), fm)
-        logits = heads.mira(text[idx] if text is not None else None, fm)
-        return nn.functional.cross_entropy(logits, y[idx], label_smoothing=0.1)
-
-    return _fit(heads.mira, len(y), cfg.epochs, cfg.batch_size, cfg, rng, loss_of)
+def train_mira(
+    heads: MoodHeads,
+    db: SentenceDatabase,
+    cache: FeatureCache,
+    cfg: TrainConfig,
+    rng,
+    extra: PolarityData | None = None,
+) -> list[float]:
+    """The MIRA head on Twitter I (binary, image only) plus ``extra`` labelled posts (e.g. MVSA-Single)."""
+    data = PolarityData.from_twitter1(cache, heads.config.text_dim)
+    if extra is not None:
+        data = PolarityData.concat([data, extra])
+    return train_polarity(heads, db, data, cfg, rng)
 
 
 def train_distribution(
@@ -198,20 +199,22 @@ def mira_features(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -
 
 
 def mira_probs(heads: MoodHeads, db: SentenceDatabase, cache: FeatureCache) -> torch.Tensor:
-    with torch.inference_mode():
-        text = None
-        if heads.mira.mode != "image_only":
-            text = _tensor(retrieve(heads, db, cache.pooled, heads.config.retrieval_k).features)
-        return heads.mira(text, _tensor(cache.feat_maps)).softmax(-1)
+    """Polarity probabilities [N, num_polarities] of Twitter I images (no post text)."""
+    return polarity_probs(heads, db, PolarityData.from_twitter1(cache, heads.config.text_dim))
 
 
 def train_heads(
-    cache: FeatureCache, db: SentenceDatabase, cfg: TrainConfig = TrainConfig(), base: MoodHeads | None = None
+    cache: FeatureCache,
+    db: SentenceDatabase,
+    cfg: TrainConfig = TrainConfig(),
+    base: MoodHeads | None = None,
+    extra: PolarityData | None = None,
 ) -> tuple[MoodHeads, dict]:
-    """Fit every head; returns the heads and the loss history.
+    """Fit every head but the Emotion6 one (pipelines.emotion6); returns the heads and the loss history.
 
     With `base` (an ablation of an already trained model), the aligner, distribution head and
-    region scorer are copied from it and only the MIRA head is trained.
+    region scorer are copied from it and only the MIRA head is trained. `extra`: more polarity data
+    for the MIRA head (posts with text, three-way labels).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -220,13 +223,44 @@ def train_heads(
     if base is not None:
         for name in ("aligner", "distribution", "region_scorer"):
             getattr(heads, name).load_state_dict(getattr(base, name).state_dict())
-        history["mira"] = train_mira(heads, db, cache, cfg, rng)
+        history["mira"] = train_mira(heads, db, cache, cfg, rng, extra)
         return heads.eval(), history
     history["aligner"] = train_aligner(heads, cache, cfg, rng)
     targets = emotion_targets(heads, db, cache, cfg)
-    history["mira"] = train_mira(heads, db, cache, cfg, rng)
+    history["mira"] = train_mira(heads, db, cache, cfg, rng, extra)
     history["distribution"] = train_distribution(heads, cache, targets, cfg, rng)
     history["regions"] = train_region_scorer(heads, cache, targets, cfg, rng)
+    return heads.eval(), history
+
+
+def mvsa_config(seed: int = 0) -> TrainConfig:
+    """Training of the posts' polarity head on MVSA-Single alone: it fits 3,611 posts within 2-3 epochs and dev
+    accuracy falls after, so few epochs, a smaller step and more dropout (chosen on dev, README)."""
+    return TrainConfig(seed=seed, epochs=3, lr=5e-4, heads=replace(HeadsConfig(), dropout=0.4))
+
+
+def ship_config(seed: int = 0) -> TrainConfig:
+    """The shipped heads: Twitter I photos and MVSA-Single posts train one polarity head together (4 epochs, 5e-4,
+    dropout 0.4: on Twitter I 5-fold with MVSA train added, AR sum 0.894; README)."""
+    return TrainConfig(seed=seed, epochs=4, lr=5e-4, heads=replace(HeadsConfig(), dropout=0.4))
+
+
+def train_product(
+    cache: FeatureCache,
+    db: SentenceDatabase,
+    cfg: TrainConfig,
+    posts: PolarityData | None = None,
+    emotion6: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    emotion6_cfg=None,
+) -> tuple[MoodHeads, dict]:
+    """Every head: train_heads on Twitter I (+ ``posts`` for the polarity head), then the Emotion6 head on
+    ``emotion6`` = (pooled, pooled of the mirrored images, human distributions)."""
+    from pipelines.emotion6 import Emotion6Config, train_emotion6
+
+    heads, history = train_heads(cache, db, cfg, extra=posts)
+    if emotion6 is not None and heads.emotion6 is not None:
+        e6cfg = emotion6_cfg or Emotion6Config(seed=cfg.seed)
+        history["emotion6"] = train_emotion6(heads.emotion6, *emotion6, e6cfg)
     return heads.eval(), history
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel, NaiveDatetime
 
-from schemas.results import AlertV1, AnalysisResultV1
+from schemas.results import AlertV1, AnalysisResultV2
 from schemas.reviews import ChannelThresholdsV1, ReviewV1
 
 # Free text that people search in; everything else string-typed is an exact-match keyword.
@@ -87,7 +87,8 @@ def index_template(model: type[BaseModel], index_pattern: str, *, shards: int = 
 
 
 def results_template(index_prefix: str = "moodwatch-results", **kw: Any) -> dict[str, Any]:
-    return index_template(AnalysisResultV1, f"{index_prefix}*", **kw)
+    """From AnalysisResultV2, whose fields are a superset of V1's: v1 records already stored stay valid."""
+    return index_template(AnalysisResultV2, f"{index_prefix}*", **kw)
 
 
 def alerts_template(index_prefix: str = "moodwatch-alerts", **kw: Any) -> dict[str, Any]:

@@ -1,13 +1,20 @@
-"""AnalysisResultV1 (per post) and AlertV1 (per channel), the output contracts."""
+"""AnalysisResultV2 (per post) and AlertV1 (per channel), the output contracts.
+
+AnalysisResultV2 (schema_version 2) is what the analyzer writes since three-way polarity: positive /
+neutral / negative probabilities, the measured Emotion6 distribution beside the Mikels one, and how the
+post's own words moved the verdict. AnalysisResultV1 (two-way) stays parseable for stored records
+(``parse_result`` reads either); no code writes it any more. README: "Result schema v2".
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas.emotions import MIKELS_EMOTIONS, Emotion, Polarity
+from schemas.emotions import EMOTION6_LABELS, MIKELS_EMOTIONS, Emotion, Emotion6, Polarity, Polarity3
 from schemas.posts import Identifier, PostV1
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -18,8 +25,22 @@ class _Model(BaseModel):
 
 
 class PolarityProbs(_Model):
+    """Two-way probabilities of AnalysisResultV1 (stored records only)."""
+
     positive: Probability
     negative: Probability
+
+
+class PolarityProbs3(_Model):
+    """Three-way probabilities (sum to 1): what the post takes, or that it takes no side (neutral)."""
+
+    positive: Probability
+    neutral: Probability
+    negative: Probability
+
+    def verdict(self) -> Polarity3:
+        values = {"positive": self.positive, "neutral": self.neutral, "negative": self.negative}
+        return max(values, key=values.__getitem__)  # type: ignore[return-value]
 
 
 class EmotionDistribution(_Model):
@@ -49,6 +70,46 @@ class EmotionDistribution(_Model):
         return MIKELS_EMOTIONS[max(range(len(values)), key=values.__getitem__)]  # type: ignore[return-value]
 
 
+class Emotion6Distribution(_Model):
+    """Probabilities over Emotion6's labels (Ekman's six + neutral): the distribution measured against human
+    judgements (moodwatch eval emotion6), and the one the dashboards show."""
+
+    anger: Probability
+    disgust: Probability
+    fear: Probability
+    joy: Probability
+    sadness: Probability
+    surprise: Probability
+    neutral: Probability
+
+    @classmethod
+    def from_sequence(cls, values) -> Emotion6Distribution:
+        values = [float(v) for v in values]
+        if len(values) != len(EMOTION6_LABELS):
+            raise ValueError(f"need {len(EMOTION6_LABELS)} values, got {len(values)}")
+        return cls(**dict(zip(EMOTION6_LABELS, values)))
+
+    def as_list(self) -> list[float]:
+        return [getattr(self, name) for name in EMOTION6_LABELS]
+
+    def dominant(self) -> Emotion6:
+        values = self.as_list()
+        return EMOTION6_LABELS[max(range(len(values)), key=values.__getitem__)]  # type: ignore[return-value]
+
+
+class TextInfluence(_Model):
+    """Whether the post's own words were read, and how far they moved the verdict.
+
+    ``shift`` is the total variation distance between the final polarity probabilities with and without
+    the text (0 when the text was not used); ``changed_verdict``: without the text the verdict would differ.
+    """
+
+    status: Literal["used", "no_text", "unsupported_language", "not_latin_script"]
+    shift: Probability = 0.0
+    polarity_without_text: Polarity3 | None = None
+    changed_verdict: bool = False
+
+
 class Region(_Model):
     """An affective region: box in original-image pixels (x0, y0, x1, y1), x1/y1 exclusive."""
 
@@ -70,21 +131,32 @@ class Region(_Model):
 
 
 class Evidence(_Model):
-    """A retrieved emotion sentence: the 'why' behind the polarity."""
+    """A retrieved emotion sentence: the 'why' behind the polarity.
+
+    ``similarity``: cosine similarity of the image to the sentence; ``in_fusion``: the fusion head read it
+    (one of the top retrieval_k by similarity); ``support``: the post's (verdict-consistent) Mikels
+    probability of the sentence's emotion, by which the shown sentences are ranked (pipelines.evidence).
+    The last two are absent in v1 records.
+    """
 
     text: str
     emotion: Emotion
     similarity: float
     source: str
+    in_fusion: bool | None = None
+    support: Probability | None = None
 
 
 class ImageAnalysis(_Model):
-    """What the Analyzer says about one image, before post metadata is attached."""
+    """What the Analyzer says about one post's image (and text), before post metadata is attached."""
 
-    polarity: Polarity
-    polarity_probs: PolarityProbs
+    polarity: Polarity3
+    polarity_probs: PolarityProbs3
     emotions: EmotionDistribution
     dominant_emotion: Emotion
+    emotion6: Emotion6Distribution
+    dominant_emotion6: Emotion6
+    text_influence: TextInfluence
     regions: list[Region]
     evidence: list[Evidence]
     image_width: Annotated[int, Field(ge=1)]
@@ -124,6 +196,8 @@ class Thumbnail(_Model):
 
 
 class AnalysisResultV1(_Model):
+    """The two-way result written before schema v2; kept so that stored records still parse."""
+
     schema_version: Literal[1] = 1
     post_id: Identifier
     author_id: Identifier
@@ -149,6 +223,36 @@ class AnalysisResultV1(_Model):
     timings: StageTimings
     thumbnail: Thumbnail | None = None
 
+
+class AnalysisResultV2(_Model):
+    schema_version: Literal[2] = 2
+    post_id: Identifier
+    author_id: Identifier
+    channel: Identifier
+    created_at: AwareDatetime  # event time: the post's claim when within bounds, else when it was seen
+    analyzed_at: AwareDatetime
+    event_time_clamped: bool = False  # the claimed created_at was not trusted (too far ahead, or before the floor)
+    claimed_created_at: str | None = None  # the producer's created_at, verbatim (ISO), when it was not trusted
+    content_fingerprint: str | None = None  # PostV1.content_fingerprint(): what this post_id stands for
+    lang: str | None = None
+    text: str | None = None
+    image_ref: str
+    image_width: int
+    image_height: int
+    polarity: Polarity3
+    polarity_probs: PolarityProbs3
+    negative_score: Probability
+    emotions: EmotionDistribution  # Mikels wheel: drives regions and evidence ranking; not measured (README)
+    dominant_emotion: Emotion
+    emotion6: Emotion6Distribution  # measured on Emotion6 (README, "Emotion output"); what dashboards show
+    dominant_emotion6: Emotion6
+    text_influence: TextInfluence
+    regions: list[Region]
+    evidence: list[Evidence]
+    model_versions: ModelVersions
+    timings: StageTimings
+    thumbnail: Thumbnail | None = None
+
     @classmethod
     def from_analysis(
         cls,
@@ -160,7 +264,7 @@ class AnalysisResultV1(_Model):
         timings: StageTimings,
         created_at: datetime | None = None,
         thumbnail: Thumbnail | None = None,
-    ) -> AnalysisResultV1:
+    ) -> AnalysisResultV2:
         """``created_at``: the bounded event time when the post's own claim was not trusted."""
         clamped = created_at is not None and created_at != post.created_at
         return cls(
@@ -182,12 +286,26 @@ class AnalysisResultV1(_Model):
             negative_score=analysis.polarity_probs.negative,
             emotions=analysis.emotions,
             dominant_emotion=analysis.dominant_emotion,
+            emotion6=analysis.emotion6,
+            dominant_emotion6=analysis.dominant_emotion6,
+            text_influence=analysis.text_influence,
             regions=analysis.regions,
             evidence=analysis.evidence,
             model_versions=model_versions,
             timings=timings,
             thumbnail=thumbnail,
         )
+
+
+def parse_result(raw: bytes | str | dict) -> AnalysisResultV1 | AnalysisResultV2:
+    """A stored or streamed result of either schema version."""
+    data = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version == 2:
+        return AnalysisResultV2.model_validate(data)
+    if version == 1:
+        return AnalysisResultV1.model_validate(data)
+    raise ValueError(f"unknown result schema_version {version!r} (known: 1, 2)")
 
 
 class AlertV1(_Model):

@@ -4,7 +4,7 @@ Everything is deterministic for given arguments (no randomness, fixed default cl
 field can be overridden by keyword, so other tests can build exactly the case they need:
 
     post = make_post("p1", channel="news", text="hello")
-    result = make_result("p1", channel="news", negative=0.8)     # polarity "negative"
+    result = make_result("p1", channel="news", negative=0.8)     # polarity "negative" (AnalysisResultV2)
     alert = make_alert("news", window_start=T0)
     png = tiny_png(16, 12, color=(255, 0, 0))
 """
@@ -18,17 +18,21 @@ from typing import Any
 
 from PIL import Image
 
-from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS
+from schemas.emotions import EMOTION6_LABELS, MIKELS_EMOTIONS, NEGATIVE_EMOTIONS
 from schemas.posts import ImageRef, PostV1
 from schemas.results import (
     AlertV1,
     AnalysisResultV1,
+    AnalysisResultV2,
+    Emotion6Distribution,
     EmotionDistribution,
     Evidence,
     ModelVersions,
     PolarityProbs,
+    PolarityProbs3,
     Region,
     StageTimings,
+    TextInfluence,
 )
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -163,12 +167,16 @@ def make_result(
     regions: int = 3,
     evidence: int = 3,
     size: tuple[int, int] = (640, 480),
+    neutral: float = 0.0,
     **overrides: Any,
-) -> AnalysisResultV1:
-    """A valid, realistic AnalysisResultV1: polarity from `negative` (>= 0.5 -> "negative"),
-    consistent emotion distribution and dominant emotion, `regions` boxes, `evidence` sentences."""
+) -> AnalysisResultV2:
+    """A valid, realistic AnalysisResultV2: probabilities negative, `neutral` and the rest positive, the
+    polarity their argmax (with neutral 0: "negative" iff negative >= 0.5), consistent emotion distributions
+    and dominant emotions, `regions` boxes, `evidence` sentences."""
     created_at = created_at or T0
     emotions = make_emotions(negative)
+    emotion6 = make_emotion6(negative)
+    probs = PolarityProbs3(positive=round(max(0.0, 1.0 - negative - neutral), 6), neutral=neutral, negative=negative)
     fields: dict[str, Any] = dict(
         post_id=post_id,
         author_id=author_id,
@@ -180,23 +188,49 @@ def make_result(
         image_ref="inline",
         image_width=size[0],
         image_height=size[1],
-        polarity="negative" if negative >= 0.5 else "positive",
-        polarity_probs=PolarityProbs(positive=round(1.0 - negative, 6), negative=negative),
+        polarity="negative" if negative >= 0.5 else probs.verdict(),
+        polarity_probs=probs,
         negative_score=negative,
         emotions=emotions,
         dominant_emotion=emotions.dominant(),
+        emotion6=emotion6,
+        dominant_emotion6=emotion6.dominant(),
+        text_influence=TextInfluence(status="used", shift=0.1, polarity_without_text="positive")
+        if text
+        else TextInfluence(status="no_text"),
         regions=make_regions(regions, negative=negative, width=size[0], height=size[1]),
         evidence=make_evidence(evidence),
         model_versions=MODEL_VERSIONS,
         timings=StageTimings(fetch_seconds=0.01, decode_seconds=0.002, analyze_seconds=0.05, total_seconds=0.062),
     )
     fields.update(overrides)
-    return AnalysisResultV1(**fields)
+    return AnalysisResultV2(**fields)
+
+
+def make_result_v1(post_id: str, *, negative: float = 0.2, **kw: Any) -> AnalysisResultV1:
+    """A stored result from before schema v2 (two-way polarity, no Emotion6, no text influence)."""
+    v2 = make_result(post_id, negative=negative, **kw).model_dump(
+        exclude={"schema_version", "emotion6", "dominant_emotion6", "text_influence"}
+    )
+    v2["polarity_probs"] = PolarityProbs(positive=round(1.0 - negative, 6), negative=negative)
+    v2["evidence"] = [{k: v for k, v in e.items() if k in ("text", "emotion", "similarity", "source")}
+                      for e in v2["evidence"]]  # fmt: skip
+    return AnalysisResultV1(**v2)
+
+
+def make_emotion6(negative: float) -> Emotion6Distribution:
+    """An Emotion6 distribution leaning to sadness with `negative`, to joy otherwise, some neutral."""
+    weights = {label: 0.05 for label in EMOTION6_LABELS}
+    weights["sadness"] += negative
+    weights["joy"] += 1.0 - negative
+    weights["neutral"] += 0.1
+    total = sum(weights.values())
+    return Emotion6Distribution.from_sequence([weights[label] / total for label in EMOTION6_LABELS])
 
 
 def make_results(
     n: int, *, prefix: str = "post", channels: int = 4, start: datetime | None = None, **kw: Any
-) -> list[AnalysisResultV1]:
+) -> list[AnalysisResultV2]:
     """n results with ids PREFIX-00000.., round-robin channels, one second apart, negative score
     cycling through 0.05..0.95."""
     start = start or T0

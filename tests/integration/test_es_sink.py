@@ -12,7 +12,7 @@ from elasticsearch import BadRequestError, Elasticsearch
 from pydantic import SecretStr
 
 from pipelines.errors import ItemsRejected, TransientError
-from schemas.results import AlertV1, AnalysisResultV1
+from schemas.results import AlertV1, AnalysisResultV2
 from tests.factories import make_alert, make_result, make_results
 from workers.adapters.elastic import (
     AlertSink,
@@ -86,9 +86,9 @@ def test_writing_1000_results_twice_leaves_1000_docs(es, settings):
     assert sink.stats.written == 1000 and sink.stats.retries == 0
     assert again.stats.written == 1000 and again.stats.rejected == 0  # taken ids, same posts: stored
     stored = es.get(index=settings.es_results_index, id="post-00010")["_source"]
-    assert AnalysisResultV1.model_validate(stored) == results[10]  # the first result stands
+    assert AnalysisResultV2.model_validate(stored) == results[10]  # the first result stands
     stored = es.get(index=settings.es_results_index, id="post-00011")["_source"]
-    assert AnalysisResultV1.model_validate(stored) == results[11]
+    assert AnalysisResultV2.model_validate(stored) == results[11]
     print(f"ResultSink: 1000 realistic results in {first_s:.3f}s = {1000 / first_s:.0f} docs/s")
 
 
@@ -130,7 +130,7 @@ def test_sink_retries_while_store_restarts_mid_write(tmp_path):
         results = make_results(1000)
         restarted = threading.Event()
 
-        def feed() -> Iterator[AnalysisResultV1]:
+        def feed() -> Iterator[AnalysisResultV2]:
             for i, result in enumerate(results):
                 if i == 300:  # 300 sent in 3 chunks; the store goes away mid-batch
                     store.stop()

@@ -85,11 +85,11 @@ class ChaosAnalyzer:
             self.events.emit("backend_refused", n=self.refused)
             raise BackendUnavailable("chaos: model backend outage (flag file present)")
 
-    def analyze(self, images):
+    def analyze(self, images, texts=None):
         self._check()
         if self.delay_s:
             time.sleep(self.delay_s)
-        return self.inner.analyze(images)
+        return self.inner.analyze(images, texts)
 
     def ready(self) -> bool:
         return not (self.flag is not None and self.flag.exists()) and self.inner.ready()

@@ -11,7 +11,7 @@ from models.moodnet import HeadsConfig, MoodHeads
 from pipelines.analyze import AnalyzerOptions, LocalAnalyzer
 from pipelines.retrieval import SentenceDatabase, load_seed_sentences
 
-TINY_HEADS = HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16)
+TINY_HEADS = HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16, emotion6_members=2, emotion6_hidden=16)
 
 
 @functools.cache
@@ -30,4 +30,5 @@ def tiny_analyzer(seed: int = 0, *, regions: bool = True) -> LocalAnalyzer:
         tiny_heads(seed),
         tiny_database(seed),
         AnalyzerOptions(regions_enabled=regions, proposal_threads=1),
+        text_encoder=tiny_text_encoder(seed),
     )

@@ -17,7 +17,7 @@ from elasticsearch import AuthorizationException
 from elasticsearch._otel import OpenTelemetry
 from elasticsearch.serializer import JsonSerializer
 
-from schemas.results import AnalysisResultV1
+from schemas.results import AnalysisResultV2
 from tests.factories import make_results
 from workers.adapters.elastic import BulkSink, IdConflict, StoreRejected, StoreUnavailable
 
@@ -102,7 +102,7 @@ class FakeElasticsearch:
         return item
 
 
-def sink(es: FakeElasticsearch, **kw) -> tuple[BulkSink[AnalysisResultV1], list[float]]:
+def sink(es: FakeElasticsearch, **kw) -> tuple[BulkSink[AnalysisResultV2], list[float]]:
     sleeps: list[float] = []
     kw = {"sleep": sleeps.append, "retry_max_s": 5.0, **FAST_RETRY, **kw}  # a regression fails, never spins
     return BulkSink(es, INDEX, "post_id", **kw), sleeps
@@ -153,7 +153,7 @@ def test_a_connection_error_mid_stream_resends_the_unconfirmed_documents_then_re
     results = make_results(6)
     taken: list[str] = []
 
-    def lazily() -> Iterator[AnalysisResultV1]:
+    def lazily() -> Iterator[AnalysisResultV2]:
         for result in results:
             taken.append(result.post_id)
             yield result

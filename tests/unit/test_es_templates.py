@@ -19,6 +19,7 @@ from schemas.posts import ImageRef, InvalidPost, PostV1, UnknownSchemaVersion, p
 from schemas.results import (
     AlertV1,
     AnalysisResultV1,
+    AnalysisResultV2,
     EmotionDistribution,
     Evidence,
     ModelVersions,
@@ -100,11 +101,19 @@ def _model_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("model", "template"), [(AnalysisResultV1, results_template), (AlertV1, alerts_template)], ids=["results", "alerts"]
+    ("model", "template"), [(AnalysisResultV2, results_template), (AlertV1, alerts_template)], ids=["results", "alerts"]
 )
 def test_every_contract_field_is_mapped(model, template):
     props = template()["template"]["mappings"]["properties"]
     assert set(_leaf_types(props)) == _model_paths(model)
+
+
+def test_v1_results_fit_the_v2_mapping_with_the_same_types():
+    """Stored v1 records stay valid in a results index mapped from v2 (dynamic: strict)."""
+    types = _leaf_types(results_template()["template"]["mappings"]["properties"])
+    assert _model_paths(AnalysisResultV1) < set(types)
+    assert types["polarity_probs.neutral"] == types["emotion6.joy"] == types["text_influence.shift"] == "float"
+    assert types["polarity"] == types["dominant_emotion6"] == types["text_influence.status"] == "keyword"
 
 
 def test_alerts_mapping_types():

@@ -87,7 +87,10 @@ def analysis_with(boxes: list[tuple[int, int, int, int]], width: int, height: in
     return ImageAnalysis.model_validate(
         {
             "polarity": "positive",
-            "polarity_probs": {"positive": 0.6, "negative": 0.4},
+            "polarity_probs": {"positive": 0.6, "neutral": 0.1, "negative": 0.3},
+            "emotion6": {e: 1 / 7 for e in ("anger", "disgust", "fear", "joy", "sadness", "surprise", "neutral")},
+            "dominant_emotion6": "joy",
+            "text_influence": {"status": "no_text"},
             "emotions": probs,
             "dominant_emotion": "awe",
             "evidence": [],

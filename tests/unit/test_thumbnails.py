@@ -54,7 +54,7 @@ def test_thumbnail_data_is_stored_but_not_indexed():
 class _Analyzer:
     versions = MODEL_VERSIONS
 
-    def analyze(self, images):
+    def analyze(self, images, texts=None):
         fields = make_result("x", size=(451, 300)).model_dump(include=set(ImageAnalysis.model_fields))
         analysis = ImageAnalysis(**fields)
         return [analysis for _ in images]

@@ -37,7 +37,7 @@ TP = TopicPartition("posts", 0)
 class _NoAnalyzer:
     versions = SimpleNamespace(backend="local")
 
-    def analyze(self, images):  # only malformed posts reach these tests
+    def analyze(self, images, texts=None):  # only malformed posts reach these tests
         raise AssertionError("no post should reach the analyzer")
 
     def close(self):
@@ -150,7 +150,7 @@ class _FakeAnalyzer:
     def __init__(self, outages: int = 0):
         self.outages, self.calls = outages, 0
 
-    def analyze(self, images):
+    def analyze(self, images, texts=None):
         self.calls += 1
         if self.calls <= self.outages:
             raise BackendUnavailable("backend down")

@@ -218,21 +218,21 @@ class RetrievalStage(Stage):
 
         self.heads = self.load_heads()
         self.database = self.load_database()
-        self.k = int(self.params["retrieval_k"])
+        self.k, self.candidates = int(self.params["retrieval_k"]), int(self.params["candidates"])
         self._retrieve = retrieval_stage
 
     def run(self, batch):
-        retrieval = self._retrieve(self.heads, self.database, self.tensor(batch["POOLED"]), self.k)
+        retrieval = self._retrieve(self.heads, self.database, self.tensor(batch["POOLED"]), self.candidates)
         return {
             "RETRIEVAL_SCORES": retrieval.scores,
             "RETRIEVAL_IDS": retrieval.ids,
-            "TEXT_FEATURES": np.asarray(retrieval.features, dtype=np.float32),
+            "TEXT_FEATURES": np.asarray(retrieval.features[:, : self.k], dtype=np.float32),
             "EVIDENCE": self.evidence_json[retrieval.ids],
         }
 
 
 class HeadsStage(Stage):
-    INPUTS = ("FEATURE_MAP", "POOLED", "TEXT_FEATURES")
+    INPUTS = ("FEATURE_MAP", "POOLED", "TEXT_FEATURES", "POST_TEXT", "POST_TEXT_MASK")
 
     def load(self) -> None:
         from pipelines.analyze import heads_stage
@@ -241,13 +241,15 @@ class HeadsStage(Stage):
         self._heads = heads_stage
 
     def run(self, batch):
-        polarity, emotions = self._heads(
+        outputs = self._heads(
             self.heads,
             self.tensor(batch["FEATURE_MAP"]),
             self.tensor(batch["POOLED"]),
             self.tensor(batch["TEXT_FEATURES"]),
+            self.tensor(batch["POST_TEXT"]),
+            self.tensor(batch["POST_TEXT_MASK"]).reshape(-1).bool(),
         )
-        return {"POLARITY": _np(polarity), "EMOTIONS": _np(emotions)}
+        return dict(zip(HEADS_OUTPUTS, (_np(t) for t in outputs)))
 
 
 class RegionsStage(Stage):
@@ -285,7 +287,7 @@ def region_dists(heads, geometry, feat_map: torch.Tensor, batch: dict[str, np.nd
 class FusedStage(Stage):
     """Every stage in one process: the same outputs as the `moodwatch` ensemble, without the hops."""
 
-    INPUTS = ("PIXELS", "BOXES", "BOX_COUNT", "IMAGE_SIZE")
+    INPUTS = ("PIXELS", "BOXES", "BOX_COUNT", "IMAGE_SIZE", "POST_TEXT", "POST_TEXT_MASK")
 
     def load(self) -> None:
         from pipelines.analyze import heads_stage, retrieval_stage
@@ -293,19 +295,25 @@ class FusedStage(Stage):
         self.backbone = self.load_backbone()
         self.heads = self.load_heads()
         self.database = self.load_database()
-        self.k = int(self.params["retrieval_k"])
+        self.k, self.candidates = int(self.params["retrieval_k"]), int(self.params["candidates"])
         self._retrieve, self._heads = retrieval_stage, heads_stage
 
     def run(self, batch):
         feat_map, pooled = self.backbone(
             normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"])))
         )
-        retrieval = self._retrieve(self.heads, self.database, pooled, self.k)
-        text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
-        polarity, emotions = self._heads(self.heads, feat_map, pooled, text_feats)
+        retrieval = self._retrieve(self.heads, self.database, pooled, self.candidates)
+        text_feats = torch.as_tensor(retrieval.features[:, : self.k], dtype=feat_map.dtype, device=feat_map.device)
+        outputs = self._heads(
+            self.heads,
+            feat_map,
+            pooled,
+            text_feats,
+            self.tensor(batch["POST_TEXT"]).to(feat_map.dtype),
+            self.tensor(batch["POST_TEXT_MASK"]).reshape(-1).bool(),
+        )
         return {
-            "POLARITY": _np(polarity),
-            "EMOTIONS": _np(emotions),
+            **dict(zip(HEADS_OUTPUTS, (_np(t) for t in outputs))),
             "RETRIEVAL_SCORES": retrieval.scores,
             "RETRIEVAL_IDS": retrieval.ids,
             "EVIDENCE": self.evidence_json[retrieval.ids],
@@ -314,6 +322,9 @@ class FusedStage(Stage):
 
 
 # -- small helpers ---------------------------------------------------------------------------------
+
+
+HEADS_OUTPUTS = ("POLARITY", "POLARITY_NO_TEXT", "EMOTIONS", "EMOTIONS6")  # pipelines.analyze.heads_stage order
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -40,7 +40,7 @@ from tenacity import (
 
 from pipelines.errors import ItemsRejected, TransientError
 from schemas.es_templates import alerts_template, results_template
-from schemas.results import AlertV1, AnalysisResultV1
+from schemas.results import AlertV1, AnalysisResultV2
 from workers.common.redact import redact_url
 from workers.common.settings import ElasticsearchSettings
 
@@ -451,8 +451,8 @@ class _PendingDocuments:
         self.rejected[doc_id] = reason
 
 
-class ResultSink(BulkSink[AnalysisResultV1]):
-    """AnalysisResultV1 -> settings.es_results_index, `_id` = post_id, created once: a post_id that
+class ResultSink(BulkSink[AnalysisResultV2]):
+    """AnalysisResultV2 -> settings.es_results_index, `_id` = post_id, created once: a post_id that
     already stands for another post (author, channel, image) is refused as IdConflict, never overwritten;
     the same post again is a no-op."""
 

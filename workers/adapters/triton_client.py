@@ -7,9 +7,12 @@ not change. Per micro-batch:
    triton_repo/regions/config.pbtxt for why they run in the worker), while the images are resized
    to the model's input size with ``ImageBackbone.preprocess`` itself (so the pixels are the ones
    LocalAnalyzer feeds its backbone);
-2. one gRPC request per ``max_batch_size`` images (normally one per micro-batch) to the
-   ``moodwatch`` ensemble: PIXELS, BOXES (padded to the model's maximum) + BOX_COUNT, IMAGE_SIZE;
-3. the outputs (global polarity, emotions, evidence sentences + scores, per-candidate region
+2. the posts' words, where pipelines.text lets the model read them, through the text encoder here
+   (``pipelines.analyze.text_stage``, MiniLM, a few ms a post), so the server gets features, not strings;
+3. one gRPC request per ``max_batch_size`` images (normally one per micro-batch) to the
+   ``moodwatch`` ensemble: PIXELS, BOXES (padded to the model's maximum) + BOX_COUNT, IMAGE_SIZE,
+   POST_TEXT + POST_TEXT_MASK;
+4. the outputs (global polarity with and without text, emotions, evidence candidates + scores, per-candidate region
    distributions) go through ``pipelines.analyze.compose_analysis``, the very code LocalAnalyzer
    ends with, so both backends give the same ImageAnalysis.
 
@@ -35,26 +38,50 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.encoders import ImageBackbone
-from pipelines.analyze import ANALYZER_VERSION, AnalyzerOptions, compose_analysis
+from models.encoders import ImageBackbone, TextEncoder
+from pipelines.analyze import (
+    ANALYZER_VERSION,
+    AnalyzerOptions,
+    GlobalOutputs,
+    compose_analysis,
+    text_stage,
+    text_uses,
+)
 from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable
 from pipelines.regions import RegionCandidates, region_candidates
 from pipelines.retrieval import Sentence
+from pipelines.text import PostText
 from schemas.results import ImageAnalysis, ModelVersions
 from workers.common.logs import get_logger
 from workers.common.settings import TritonSettings
 
 log = get_logger("moodwatch.triton")
 
-INPUTS = {"PIXELS": "FP32", "BOXES": "FP32", "BOX_COUNT": "INT32", "IMAGE_SIZE": "INT32"}
-OUTPUTS = ("POLARITY", "EMOTIONS", "RETRIEVAL_SCORES", "EVIDENCE", "REGION_DISTS")
+INPUTS = {
+    "PIXELS": "FP32",
+    "BOXES": "FP32",
+    "BOX_COUNT": "INT32",
+    "IMAGE_SIZE": "INT32",
+    "POST_TEXT": "FP32",
+    "POST_TEXT_MASK": "BOOL",
+}
+HEADS_OUTPUTS = ("POLARITY", "POLARITY_NO_TEXT", "EMOTIONS", "EMOTIONS6")  # GlobalOutputs' first four fields
+OUTPUTS = (
+    "POLARITY",
+    "POLARITY_NO_TEXT",
+    "EMOTIONS",
+    "EMOTIONS6",
+    "RETRIEVAL_SCORES",
+    "EVIDENCE",
+    "REGION_DISTS",
+)
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED", "UNKNOWN")
 _UNKNOWN = "unknown"
 
@@ -81,7 +108,9 @@ class ModelContract:
     input_size: tuple[int, int]
     resize_mode: str
     max_regions: int
-    retrieval_k: int
+    retrieval_k: int  # sentences the fusion reads
+    candidates: int  # evidence candidates returned per image
+    text_dim: int
     max_batch_size: int
     versions: ModelVersions
 
@@ -108,12 +137,17 @@ class TritonAnalyzer:
     """Analyzer backed by the ``moodwatch`` model on tritonserver (pipelines.analyzer_api.Analyzer)."""
 
     def __init__(
-        self, options: TritonOptions = TritonOptions(), analyzer_options: AnalyzerOptions = AnalyzerOptions()
+        self,
+        options: TritonOptions = TritonOptions(),
+        analyzer_options: AnalyzerOptions = AnalyzerOptions(),
+        text_encoder: TextEncoder | None = None,
     ) -> None:
+        """``text_encoder``: encodes the posts' words in the worker (None: every post analysed image only)."""
         import tritonclient.grpc as grpcclient
 
         self.options = options
         self.analyzer_options = analyzer_options
+        self.text_encoder = text_encoder
         self._grpc = grpcclient
         self._client = grpcclient.InferenceServerClient(options.url)
         self._contract: ModelContract | None = None
@@ -126,7 +160,12 @@ class TritonAnalyzer:
 
     @classmethod
     def from_settings(
-        cls, settings: TritonSettings, analyzer_options: AnalyzerOptions, *, connect: bool = True
+        cls,
+        settings: TritonSettings,
+        analyzer_options: AnalyzerOptions,
+        *,
+        connect: bool = True,
+        text_encoder: TextEncoder | None = None,
     ) -> TritonAnalyzer:
         """From MOODWATCH_TRITON_* settings. A server that is not up yet is not an error here: the
         worker starts, reports not-ready on /readyz, and retries each batch until the model answers."""
@@ -138,7 +177,7 @@ class TritonAnalyzer:
             retry_attempts=settings.triton_retry_attempts,
             max_request_images=settings.triton_max_request_images,
         )
-        analyzer = cls(options, analyzer_options)
+        analyzer = cls(options, analyzer_options, text_encoder)
         if connect:
             try:
                 contract = analyzer.connect()
@@ -172,13 +211,16 @@ class TritonAnalyzer:
             region_proposals=proposals,
         )
 
-    def analyze(self, images: Sequence[np.ndarray]) -> list[ImageAnalysis]:
+    def analyze(
+        self, images: Sequence[np.ndarray], texts: Sequence[PostText | None] | None = None
+    ) -> list[ImageAnalysis]:
         if not images:
             return []
         images = list(images)
         started = time.perf_counter()
         contract = self.connect()
-        opts = self.analyzer_options
+        opts = replace(self.analyzer_options, retrieval_k=contract.retrieval_k)  # what the server's fusion reads
+        uses = text_uses(texts, len(images), opts.text_languages, readable=self.text_encoder is not None)
         want_regions = opts.regions_enabled and opts.regions_top_k > 0
         pending = (
             [self._proposals.submit(region_candidates, img, opts.region) for img in images] if want_regions else []
@@ -205,11 +247,23 @@ class TritonAnalyzer:
             if cand is not None and len(cand.boxes):
                 boxes[i, : len(cand.boxes)] = cand.boxes
                 counts[i, 0] = len(cand.boxes)
-        outputs = self._infer_batch(
-            contract, {"PIXELS": pixels, "BOXES": boxes, "BOX_COUNT": counts, "IMAGE_SIZE": sizes}
-        )
+        post_text, post_mask = text_stage(self.text_encoder, [u.text if u else None for u in uses], contract.text_dim)
+        arrays = {
+            "PIXELS": pixels,
+            "BOXES": boxes,
+            "BOX_COUNT": counts,
+            "IMAGE_SIZE": sizes,
+            "POST_TEXT": post_text.numpy(),
+            "POST_TEXT_MASK": post_mask.numpy().reshape(n, 1),
+        }
+        outputs = self._infer_batch(contract, arrays)
         answered = time.perf_counter()
 
+        global_outputs = GlobalOutputs(
+            *(torch.from_numpy(np.array(outputs[name], dtype=np.float32)) for name in HEADS_OUTPUTS),
+            retrieval_scores=outputs["RETRIEVAL_SCORES"],
+            retrieval_ids=np.zeros(outputs["RETRIEVAL_SCORES"].shape, np.int64),  # the sentences come as EVIDENCE
+        )
         results = []
         for i, image in enumerate(images):
             height, width = image.shape[:2]
@@ -217,17 +271,7 @@ class TritonAnalyzer:
             dists = torch.from_numpy(np.array(outputs["REGION_DISTS"][i, :count], dtype=np.float32)) if count else None
             evidence = [Sentence.from_json(json.loads(_text(raw))) for raw in outputs["EVIDENCE"][i]]
             results.append(
-                compose_analysis(
-                    torch.from_numpy(np.array(outputs["POLARITY"][i], dtype=np.float32)),
-                    torch.from_numpy(np.array(outputs["EMOTIONS"][i], dtype=np.float32)),
-                    dists,
-                    candidates[i],
-                    evidence,
-                    outputs["RETRIEVAL_SCORES"][i],
-                    width,
-                    height,
-                    opts,
-                )
+                compose_analysis(global_outputs, i, dists, candidates[i], evidence, width, height, opts, uses[i])
             )
         self.last_stage_seconds = {
             "resize": resized - started,  # proposals run meanwhile in the pool
@@ -405,7 +449,8 @@ def parse_contract(config: dict[str, Any], model: str, url: str) -> ModelContrac
         raise BackendUnavailable(
             f"model {model!r} on Triton at {url}: unexpected PIXELS {pixel_dims} / BOXES {box_dims} dims"
         )
-    k = int(next((o["dims"][0] for o in config["output"] if o["name"] == "RETRIEVAL_SCORES"), 0))
+    candidates = int(next((o["dims"][0] for o in config["output"] if o["name"] == "RETRIEVAL_SCORES"), 0))
+    k = int(params.get("moodwatch.retrieval_k") or candidates)
     versions = ModelVersions(
         analyzer=params.get("moodwatch.analyzer", ANALYZER_VERSION),
         backend="triton",
@@ -420,6 +465,8 @@ def parse_contract(config: dict[str, Any], model: str, url: str) -> ModelContrac
         resize_mode=params.get("moodwatch.resize_mode", "bicubic"),
         max_regions=box_dims[0],
         retrieval_k=k,
+        candidates=candidates,
+        text_dim=int(inputs["POST_TEXT"]["dims"][0]),
         max_batch_size=max(1, int(config.get("max_batch_size", 1) or 1)),
         versions=versions,
     )

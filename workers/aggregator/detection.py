@@ -118,6 +118,7 @@ class Observation:
     ts: float  # event time: created_at as epoch seconds
     negative: bool
     emotions: tuple[float, ...]  # wheel order, len 8
+    neutral: bool = False  # three-way results (schema v2); a v1 result is positive or negative
 
     @classmethod
     def from_result(cls, result: AnalysisResultV1 | Any) -> Observation:
@@ -128,10 +129,18 @@ class Observation:
             ts=result.created_at.timestamp(),
             negative=result.polarity == "negative",
             emotions=tuple(result.emotions.as_list()),
+            neutral=result.polarity == "neutral",
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"p": self.post_id, "c": self.channel, "t": self.ts, "n": self.negative, "e": list(self.emotions)}
+        return {
+            "p": self.post_id,
+            "c": self.channel,
+            "t": self.ts,
+            "n": self.negative,
+            "u": self.neutral,
+            "e": list(self.emotions),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Observation:
@@ -141,7 +150,14 @@ class Observation:
         ts = float(d["t"])
         if not math.isfinite(ts):
             raise ValueError("ts must be finite")
-        return cls(post_id=str(d["p"]), channel=str(d["c"]), ts=ts, negative=bool(d["n"]), emotions=emotions)
+        return cls(
+            post_id=str(d["p"]),
+            channel=str(d["c"]),
+            ts=ts,
+            negative=bool(d["n"]),
+            emotions=emotions,
+            neutral=bool(d.get("u", False)),  # records written before three-way polarity have no "u"
+        )
 
     @property
     def dominant(self) -> int:
@@ -156,8 +172,9 @@ class Observation:
 class WindowStats:
     start: int
     size: int
-    count: int = 0
+    count: int = 0  # every post, neutral ones included
     negative: int = 0
+    neutral: int = 0
     emotion_sum: list[float] = field(default_factory=lambda: [0.0] * N_EMOTIONS)
     dominant_counts: list[int] = field(default_factory=lambda: [0] * N_EMOTIONS)
 
@@ -167,10 +184,11 @@ class WindowStats:
 
     @property
     def positive(self) -> int:
-        return self.count - self.negative
+        return self.count - self.negative - self.neutral
 
     @property
     def negative_share(self) -> float:
+        """Negative posts / all posts (neutral ones count in the total)."""
         return self.negative / self.count if self.count else 0.0
 
     @property
@@ -186,6 +204,7 @@ class WindowStats:
     def add(self, obs: Observation) -> None:
         self.count += 1
         self.negative += int(obs.negative)
+        self.neutral += int(obs.neutral)
         for i, v in enumerate(obs.emotions):
             self.emotion_sum[i] += v
         self.dominant_counts[obs.dominant] += 1
@@ -196,6 +215,7 @@ class WindowStats:
             "size": self.size,
             "count": self.count,
             "negative": self.negative,
+            "neutral": self.neutral,
             "emotion_sum": list(self.emotion_sum),
             "dominant_counts": list(self.dominant_counts),
         }
@@ -207,6 +227,7 @@ class WindowStats:
             "end": iso(self.end),
             "count": self.count,
             "positive": self.positive,
+            "neutral": self.neutral,
             "negative": self.negative,
             "negative_share": round(self.negative_share, 6),
             "mean_emotions": dict(zip(MIKELS_EMOTIONS, (round(v, 6) for v in self.mean_emotions))),
@@ -219,6 +240,7 @@ class WindowStats:
             size=int(d["size"]),
             count=int(d["count"]),
             negative=int(d["negative"]),
+            neutral=int(d.get("neutral", 0)),  # tables written before three-way polarity
             emotion_sum=[float(x) for x in d["emotion_sum"]],
             dominant_counts=[int(x) for x in d["dominant_counts"]],
         )
@@ -229,6 +251,7 @@ class WindowStats:
         for w in windows:
             out.count += w.count
             out.negative += w.negative
+            out.neutral += w.neutral
             for i in range(N_EMOTIONS):
                 out.emotion_sum[i] += w.emotion_sum[i]
                 out.dominant_counts[i] += w.dominant_counts[i]

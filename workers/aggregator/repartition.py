@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from schemas.emotions import Polarity
+from schemas.emotions import Polarity3
 from schemas.posts import Identifier
 from schemas.results import EmotionDistribution
 from workers.aggregator.detection import Observation
@@ -30,17 +30,18 @@ Send = Callable[[bytes, bytes], Awaitable[None]]
 
 
 class _ResultFields(BaseModel):
-    """The AnalysisResultV1 fields the aggregator reads, validated with the contract's own types
-    (the rest of the record is ignored: validating regions and evidence here cost ~3x more)."""
+    """The result fields the aggregator reads (AnalysisResultV2, or V1 from before three-way polarity),
+    validated with the contract's own types (the rest of the record is ignored: validating regions and
+    evidence here cost ~3x more)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     post_id: Identifier
     channel: Identifier
     created_at: AwareDatetime
     analyzed_at: AwareDatetime
-    polarity: Polarity
+    polarity: Polarity3
     emotions: EmotionDistribution
 
 

@@ -7,6 +7,7 @@ import torch
 from pipelines.analyze import AnalyzerOptions, LocalAnalyzer
 from pipelines.analyzer_api import Analyzer
 from pipelines.checkpoints import DEFAULT_HEADS, load_heads
+from pipelines.evidence import EvidenceRanking
 from pipelines.regions import RegionSettings
 from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
 from workers.common.logs import get_logger
@@ -23,6 +24,8 @@ def analyzer_options(settings: ModelSettings) -> AnalyzerOptions:
         region=RegionSettings(),
         proposals=settings.region_proposals,
         backbone_chunk=settings.backbone_chunk,
+        evidence=EvidenceRanking(candidates=settings.evidence_candidates, weight=settings.evidence_weight),
+        text_languages=settings.text_language_list,
     )
 
 
@@ -35,14 +38,15 @@ def load_database(settings: ModelSettings) -> SentenceDatabase:
 
 
 def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
-    from models.encoders import load_image_backbone
+    from models.encoders import load_image_backbone, load_text_encoder
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     heads_path = settings.heads_path if settings.heads_path.exists() else DEFAULT_HEADS
     heads, card = load_heads(heads_path, device=settings.device)
     backbone = load_image_backbone(settings.image_encoder, settings.device)
     database = load_database(settings)
-    analyzer = LocalAnalyzer(backbone, heads, database, analyzer_options(settings))
+    text_encoder = load_text_encoder(settings.text_encoder, settings.device) if heads.config.post_text else None
+    analyzer = LocalAnalyzer(backbone, heads, database, analyzer_options(settings), text_encoder=text_encoder)
     log.info(
         "local analyzer ready",
         heads=analyzer.versions.heads,
@@ -55,7 +59,9 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
 
 def build_analyzer(settings: AnalysisSettings) -> Analyzer:
     if settings.backend == "triton":
+        from models.encoders import load_text_encoder
         from workers.adapters.triton_client import TritonAnalyzer
 
-        return TritonAnalyzer.from_settings(settings, analyzer_options(settings))
+        text_encoder = load_text_encoder(settings.text_encoder, "cpu")  # the posts' words are encoded in the worker
+        return TritonAnalyzer.from_settings(settings, analyzer_options(settings), text_encoder=text_encoder)
     return build_local_analyzer(settings)

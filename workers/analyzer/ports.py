@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pipelines.errors import ItemsRejected, PermanentError, TransientError
-from schemas.results import AnalysisResultV1
+from schemas.results import AnalysisResultV2
 
 __all__ = [
     "GroupConsumer",
@@ -31,7 +31,7 @@ class ImageSource(Protocol):
 
 
 class ResultStore(Protocol):
-    def write(self, results: list[AnalysisResultV1]) -> None:
+    def write(self, results: list[AnalysisResultV2]) -> None:
         """Returns once every result is stored (re-writing a post_id overwrites it). Raises TransientError
         when the store is unavailable, ItemsRejected (keyed by post_id) when only those were refused."""
         ...

@@ -31,9 +31,10 @@ from kafka.errors import (
 )
 
 from pipelines.analyzer_api import AnalysisFailed, Analyzer
+from pipelines.text import PostText
 from pipelines.thumbnails import thumbnail_or_none
 from schemas.posts import KeyMismatch, MalformedPost, PostError, PostV1, parse_post
-from schemas.results import AnalysisResultV1, ImageAnalysis, Region, StageTimings
+from schemas.results import AnalysisResultV2, ImageAnalysis, Region, StageTimings
 from workers.analyzer.metrics import WorkerMetrics
 from workers.analyzer.ports import GroupConsumer, ImageSource, ItemsRejected, Producer, ResultStore, TransientError
 from workers.analyzer.settings import AnalyzerSettings
@@ -87,10 +88,10 @@ def _shown(key: bytes | None) -> str:
     return "(none)" if key is None else repr(key.decode("utf-8", "replace")[:80])
 
 
-def _rounds_by_post_id(done: list[tuple[Accepted, AnalysisResultV1]]) -> list[list[tuple[Accepted, AnalysisResultV1]]]:
+def _rounds_by_post_id(done: list[tuple[Accepted, AnalysisResultV2]]) -> list[list[tuple[Accepted, AnalysisResultV2]]]:
     """Split into rounds holding each post_id at most once, in arrival order (round n = n-th occurrence);
     one (empty) round for an empty batch, so the store is still asked (and an outage still noticed)."""
-    rounds: list[list[tuple[Accepted, AnalysisResultV1]]] = [[]]
+    rounds: list[list[tuple[Accepted, AnalysisResultV2]]] = [[]]
     seen: dict[str, int] = {}
     for pair in done:
         n = seen.get(pair[1].post_id, 0)
@@ -357,12 +358,15 @@ class AnalyzerWorker:
                 ok.append(item)
         return ok
 
-    def _analyze(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[tuple[Accepted, AnalysisResultV1]]:
+    def _analyze(self, accepted: list[Accepted], rejected: list[Rejected]) -> list[tuple[Accepted, AnalysisResultV2]]:
         if not accepted:
             return []
         started = time.monotonic()
+        texts = [PostText(a.post.text, a.post.lang) for a in accepted]
         analyses = self._retry_until_done(
-            "analyze", lambda: self._analyze_isolating([a.image.rgb for a in accepted]), self.metrics.backend_errors
+            "analyze",
+            lambda: self._analyze_isolating([a.image.rgb for a in accepted], texts),
+            self.metrics.backend_errors,
         )
         per_item = (time.monotonic() - started) / len(accepted)
         now = datetime.now(UTC)
@@ -380,7 +384,7 @@ class AnalyzerWorker:
             when = bounds.bound(item.post.created_at, now)
             if when.clamped:
                 self.metrics.event_time_clamped.labels(when.reason).inc()
-            result = AnalysisResultV1.from_analysis(
+            result = AnalysisResultV2.from_analysis(
                 item.post, in_source_pixels(analysis, item.image), analyzed_at=now,
                 model_versions=self.analyzer.versions, timings=timings, created_at=when.at,
                 thumbnail=thumbnail_or_none(item.image.rgb),  # for the dashboard; stored, not published
@@ -388,7 +392,7 @@ class AnalyzerWorker:
             results.append((item, result))
         return results
 
-    def _store(self, done: list[tuple[Accepted, AnalysisResultV1]], rejected: list[Rejected]) -> list[AnalysisResultV1]:
+    def _store(self, done: list[tuple[Accepted, AnalysisResultV2]], rejected: list[Rejected]) -> list[AnalysisResultV2]:
         """Store the batch; dead-letter what the store refuses. A post_id repeated within the batch is
         written in a later round, so the store compares it with the first like any reused post_id."""
         stored = []
@@ -408,25 +412,25 @@ class AnalyzerWorker:
                         stored.append((item, result))
         return [result for _, result in stored]
 
-    def _analyze_isolating(self, images: list[np.ndarray]) -> list[Any]:
+    def _analyze_isolating(self, images: list[np.ndarray], texts: list[PostText]) -> list[Any]:
         """Analyse the batch; if one input breaks it, analyse one by one so only that input is rejected."""
         try:
-            return list(self.analyzer.analyze(images))
+            return list(self.analyzer.analyze(images, texts))
         except TransientError:
             raise
         except Exception as batch_error:  # noqa: BLE001 - isolate the poison input below
             log.warning("batch analysis failed, isolating inputs", error=str(batch_error))
             out: list[Any] = []
-            for image in images:
+            for image, text in zip(images, texts):
                 try:
-                    out.extend(self.analyzer.analyze([image]))
+                    out.extend(self.analyzer.analyze([image], [text]))
                 except TransientError:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     out.append(AnalysisFailed(f"{type(exc).__name__}: {exc}"))
             return out
 
-    def _produce(self, results: list[AnalysisResultV1], rejected: list[Rejected]) -> None:
+    def _produce(self, results: list[AnalysisResultV2], rejected: list[Rejected]) -> None:
         futures = []
         for result in results:
             futures.append(

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from workers.analyzer.settings import AnalyzerSettings
+from workers.cli import benchmarks as _benchmarks  # noqa: F401  (registers eval mvsa / emotion6)
 from workers.cli.dashboard import dashboard_app
 from workers.cli.index import app as index_app
 from workers.cli.ops import dlq_app
@@ -50,17 +51,33 @@ class OutputFormat(str, Enum):
 
 @app.command()
 def analyze(
-    paths: list[Path] = typer.Argument(..., help="image files to analyse", exists=True, dir_okay=False),
+    paths: Optional[list[Path]] = typer.Argument(None, help="image files to analyse", exists=True, dir_okay=False),
+    posts: Optional[Path] = typer.Option(
+        None,
+        "--posts",
+        exists=True,
+        dir_okay=False,
+        help="a JSONL of PostV1 (image.path + text): one AnalysisResultV2 line per post, with its post_id",
+    ),
     format: OutputFormat = typer.Option(OutputFormat.jsonl, "--format", help="jsonl: one JSON object per image"),
     backend: Optional[str] = typer.Option(None, help="local | triton (default: MOODWATCH_BACKEND)"),
 ) -> None:
-    """Analyse image files directly (no broker, no store)."""
+    """Analyse image files, or posts (image + text) from a JSONL, directly (no broker, no store)."""
     from workers.adapters.images import ImageError, decode_image
     from workers.analyzer.backends import build_analyzer
     from workers.analyzer.worker import in_source_pixels
 
+    if bool(paths) == bool(posts):
+        raise typer.BadParameter("give image files or --posts FILE.jsonl (one of the two)")
     settings = _settings(backend=backend)
     analyzer = build_analyzer(settings)
+    if posts is not None:
+        from workers.cli.analyze_posts import analyze_posts
+
+        try:
+            raise typer.Exit(analyze_posts(posts, analyzer, settings))
+        finally:
+            analyzer.close()
     exit_code = 0
     try:
         for path in paths:

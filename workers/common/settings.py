@@ -27,7 +27,7 @@ class MoodwatchSettings(BaseSettings):
 class KafkaSettings(MoodwatchSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
     posts_topic: str = Field("posts", description="input topic of PostV1 JSON (key = post_id)")
-    results_topic: str = Field("post-sentiment", description="output topic of AnalysisResultV1 JSON (key = post_id)")
+    results_topic: str = Field("post-sentiment", description="output topic of AnalysisResultV2 JSON (key = post_id)")
     dlq_topic: str = Field("posts.dlq", description="dead-letter topic: original bytes + error headers")
     alerts_topic: str = Field("alerts", description="AlertV1 JSON from the aggregator")
     kafka_session_timeout_ms: int = Field(10_000, description="group session timeout; a join takes about half of it")
@@ -49,7 +49,7 @@ class ElasticsearchSettings(MoodwatchSettings):
     es_api_key: SecretStr | None = Field(None, description="API key instead of basic auth (secret)")
     es_ca_certs: Path | None = Field(None, description="CA bundle for Elasticsearch TLS")
     es_results_index: str = Field(
-        "moodwatch-results", description="index of AnalysisResultV1 documents (_id = post_id)"
+        "moodwatch-results", description="index of AnalysisResultV2 documents (v1 ones still parse; _id = post_id)"
     )
     es_alerts_index: str = Field("moodwatch-alerts", description="index of AlertV1 documents (_id = alert_id)")
     es_reviews_index: str = Field(
@@ -120,7 +120,21 @@ class ModelSettings(MoodwatchSettings):
         "efficientnet-lite0", description="'efficientnet-lite0' or a Hugging Face id / local path"
     )
     text_encoder: str = Field("all-MiniLM-L6-v2", description="'all-MiniLM-L6-v2' or a Hugging Face id / local path")
-    retrieval_k: int = Field(3, ge=1, le=20, description="evidence sentences retrieved per image (MIRA k)")
+    retrieval_k: int = Field(3, ge=1, le=20, description="retrieved sentences the fusion head reads per image (MIRA k)")
+    evidence_candidates: int = Field(
+        16, ge=1, le=256, description="sentences retrieved per image as evidence candidates (>= retrieval_k)"
+    )
+    evidence_weight: float = Field(
+        0.2,
+        ge=0,
+        le=10,
+        description="weight of log p(emotion) against similarity when ranking the evidence shown (0 = similarity)",
+    )
+    text_languages: str = Field(
+        "en",
+        description="comma-separated languages (primary subtags) whose post text the model reads; MiniLM is "
+        "English-only, other posts are analysed image only",
+    )
     regions_top_k: int = Field(8, ge=0, le=64, description="affective regions kept per image (K)")
     regions_enabled: bool = Field(True, description="compute affective regions")
     region_proposals: Literal["learned", "selective_search"] = Field(
@@ -136,6 +150,10 @@ class ModelSettings(MoodwatchSettings):
         description="run the backbone over chunks of this many images (0 = the whole micro-batch at once); "
         "on a 2-core CPU small chunks are faster per image, on a GPU use 0",
     )
+
+    @property
+    def text_language_list(self) -> tuple[str, ...]:
+        return tuple(lang.strip().lower() for lang in self.text_languages.split(",") if lang.strip())
 
 
 class TritonSettings(MoodwatchSettings):

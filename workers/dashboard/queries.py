@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from schemas.emotions import MIKELS_EMOTIONS, NEGATIVE_EMOTIONS
+from schemas.emotions import EMOTION6_LABELS
 from workers.common.event_time import SAFE_MAX, SAFE_MIN, clamp_to_safe_range
 from workers.common.logs import get_logger
 from workers.dashboard.settings import DashboardSettings
+
+EMOTION6_NEGATIVE = ("anger", "disgust", "fear", "sadness")
 
 log = get_logger("moodwatch.dashboard")
 
@@ -167,11 +169,13 @@ class DashboardQueries:
         }  # fmt: skip
 
     def emotions(self, range_name: str, channel: str | None = None) -> dict[str, Any]:
+        """The emotion mix over Emotion6's labels: the distribution measured against human judgements (README,
+        "Emotion output"); results from before schema v2 have none and are left out of the averages."""
         b = self.bounds(range_name)
         if b is None:
-            return {"range": range_name, "interval_s": None, "buckets": [], "emotions": list(MIKELS_EMOTIONS)}
+            return {"range": range_name, "interval_s": None, "buckets": [], "emotions": list(EMOTION6_LABELS)}
         start, end, interval = b
-        avgs = {e: {"avg": {"field": f"emotions.{e}"}} for e in MIKELS_EMOTIONS}
+        avgs = {e: {"avg": {"field": f"emotion6.{e}"}} for e in EMOTION6_LABELS}
         resp = self.es.search(
             index=self.results,
             size=0,
@@ -182,13 +186,13 @@ class DashboardQueries:
             {
                 "t": _iso(_parse_time(bucket["key"])),
                 "count": bucket["doc_count"],
-                "mean": {e: bucket[e]["value"] for e in MIKELS_EMOTIONS},
+                "mean": {e: bucket[e]["value"] for e in EMOTION6_LABELS},
             }
             for bucket in resp["aggregations"]["over_time"]["buckets"]
         ]
         return {
             "range": range_name, "start": _iso(start), "end": _iso(end), "interval_s": interval, "channel": channel,
-            "emotions": list(MIKELS_EMOTIONS), "negative_emotions": sorted(NEGATIVE_EMOTIONS), "buckets": buckets,
+            "emotions": list(EMOTION6_LABELS), "negative_emotions": sorted(EMOTION6_NEGATIVE), "buckets": buckets,
         }  # fmt: skip
 
     def channels(self, range_name: str) -> dict[str, Any]:
@@ -205,8 +209,9 @@ class DashboardQueries:
                     "terms": {"field": "channel", "size": 50},
                     "aggs": {
                         "negative": {"filter": {"term": {"polarity": "negative"}}},
+                        "neutral": {"filter": {"term": {"polarity": "neutral"}}},
                         "mean_negative_score": {"avg": {"field": "negative_score"}},
-                        "dominant": {"terms": {"field": "dominant_emotion", "size": 1}},
+                        "dominant": {"terms": {"field": "dominant_emotion6", "size": 1}},
                     },
                 }
             },
@@ -217,7 +222,8 @@ class DashboardQueries:
             dom = cb["dominant"]["buckets"]
             out.append({
                 "channel": cb["key"], "count": n, "negative": cb["negative"]["doc_count"],
-                "negative_share": cb["negative"]["doc_count"] / n if n else None,
+                "neutral": cb["neutral"]["doc_count"],
+                "negative_share": cb["negative"]["doc_count"] / n if n else None,  # of all posts, neutral included
                 "mean_negative_score": cb["mean_negative_score"]["value"],
                 "dominant_emotion": dom[0]["key"] if dom else None,
             })  # fmt: skip

@@ -6,6 +6,7 @@ const CHANNEL_COLORS = ["#1f77b4", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "
 const EMOTION_COLORS = {
   anger: "#c92a2a", disgust: "#8d6e63", sadness: "#1c7ed6", fear: "#6741d9",
   excitement: "#f08c00", awe: "#0ca678", contentment: "#66a80f", amusement: "#fcc419",
+  joy: "#fcc419", surprise: "#0ca678", neutral: "#adb5bd",  // Emotion6 labels of the emotion mix
 };
 const state = { config: null, range: null, channel: "", timer: null, colors: {}, user: null, csrf: "" };
 
