@@ -42,6 +42,7 @@ from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable
 from pipelines.checkpoints import load_heads, save_heads
 from pipelines.regions import region_candidates
 from pipelines.retrieval import SentenceDatabase, load_seed_sentences
+from pipelines.text import PostText
 from workers.adapters.triton_client import TritonAnalyzer, TritonOptions
 from workers.analyzer.backends import analyzer_options
 from workers.devstack.triton_server import TritonServer, start_local_triton
@@ -69,6 +70,7 @@ def _images() -> list[np.ndarray]:
 
 
 IMAGES = _images()
+TEXTS = ("what a wonderful day at the beach", "ich bin so traurig heute", "worst service ever, never again")
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
@@ -160,14 +162,20 @@ def triton_server(exported_repo, local_stack, tiny_assets):
 @pytest.fixture(scope="module")
 def local_analyzer(tiny_assets):
     heads, _ = load_heads(tiny_assets["heads"])  # the fp16-stored weights, as the server loads them
-    analyzer = LocalAnalyzer(load_image_backbone(BACKBONE), heads, SentenceDatabase.load(tiny_assets["index"]), OPTIONS)
+    analyzer = LocalAnalyzer(
+        load_image_backbone(BACKBONE),
+        heads,
+        SentenceDatabase.load(tiny_assets["index"]),
+        OPTIONS,
+        text_encoder=tiny_text_encoder(0),
+    )
     yield analyzer
     analyzer.close()
 
 
 @pytest.fixture
 def triton_analyzer(triton_server):
-    analyzer = TritonAnalyzer(TritonOptions(url=triton_server.grpc_url, timeout_s=60), OPTIONS)
+    analyzer = TritonAnalyzer(TritonOptions(url=triton_server.grpc_url, timeout_s=60), OPTIONS, tiny_text_encoder(0))
     yield analyzer
     analyzer.close()
 
@@ -185,10 +193,17 @@ def _assert_same(local, remote) -> None:
         assert (a.image_width, a.image_height) == (b.image_width, b.image_height)
         assert a.polarity == b.polarity
         assert abs(a.polarity_probs.positive - b.polarity_probs.positive) <= TOL
+        assert abs(a.polarity_probs.neutral - b.polarity_probs.neutral) <= TOL
         assert abs(a.polarity_probs.negative - b.polarity_probs.negative) <= TOL
         assert np.allclose(a.emotions.as_list(), b.emotions.as_list(), atol=TOL, rtol=0)
-        assert [(e.text, e.emotion, e.source) for e in a.evidence] == [
-            (e.text, e.emotion, e.source) for e in b.evidence
+        assert np.allclose(a.emotion6.as_list(), b.emotion6.as_list(), atol=TOL, rtol=0)
+        assert (a.text_influence.status, a.text_influence.polarity_without_text) == (
+            b.text_influence.status,
+            b.text_influence.polarity_without_text,
+        )
+        assert abs(a.text_influence.shift - b.text_influence.shift) <= TOL
+        assert [(e.text, e.emotion, e.source, e.in_fusion) for e in a.evidence] == [
+            (e.text, e.emotion, e.source, e.in_fusion) for e in b.evidence
         ]
         assert np.allclose([e.similarity for e in a.evidence], [e.similarity for e in b.evidence], atol=TOL, rtol=0)
         assert [(r.x0, r.y0, r.x1, r.y1, r.dominant_emotion, r.polarity) for r in a.regions] == [
@@ -250,6 +265,15 @@ def test_triton_and_local_backends_give_the_same_analysis(local_analyzer, triton
     remote = triton_analyzer.analyze(IMAGES)
     _assert_same(local, remote)
     assert any(a.regions for a in local) and not local[-1].regions
+
+
+def test_posts_with_text_give_the_same_analysis_on_both_backends(local_analyzer, triton_analyzer):
+    texts = [PostText(TEXTS[i % len(TEXTS)], "de" if i == 1 else None) if i % 3 else None for i in range(len(IMAGES))]
+    local = local_analyzer.analyze(IMAGES, texts)
+    _assert_same(local, triton_analyzer.analyze(IMAGES, texts))
+    statuses = [a.text_influence.status for a in local]
+    assert statuses[0] == "no_text" and statuses[1] == "unsupported_language" and statuses[2] == "used"
+    assert any(a.text_influence.shift > 0 for a in local)
     lv, tv = local_analyzer.versions.model_dump(), triton_analyzer.versions.model_dump()
     assert (lv.pop("backend"), tv.pop("backend")) == ("local", "triton")
     assert lv == tv
@@ -273,10 +297,13 @@ def test_a_bad_request_fails_alone_with_a_per_request_error(triton_server, trito
             "BOXES": np.zeros((1, 50, 4), np.float32),
             "BOX_COUNT": np.full((1, 1), count, np.int32),
             "IMAGE_SIZE": np.array([[640, 480]], np.int32),
+            "POST_TEXT": np.zeros((1, 32), np.float32),
+            "POST_TEXT_MASK": np.zeros((1, 1), bool),
         }
+        dtypes = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32", np.dtype(bool): "BOOL"}
         inputs = []
         for name, array in arrays.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT32")
+            tensor = grpcclient.InferInput(name, list(array.shape), dtypes[array.dtype])
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs
