@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from schemas.emotions import MIKELS_EMOTIONS
+from schemas.emotions import EMOTION6_LABELS
 from tests.factories import T0, make_alert, make_result, tiny_png
 from tests.support.dashboard import login, users_setting
 from workers.adapters.elastic import AlertSink, ResultSink, install_templates, make_es_client
@@ -171,13 +171,13 @@ def test_ranges_are_relative_to_the_newest_post(dash):
 def test_emotion_mix_buckets_are_mean_distributions(dash):
     server, results, *_ = dash
     data = get_json(server, f"/api/emotions?range=all&channel={SPIKE_CHANNEL}")
-    assert data["emotions"] == list(MIKELS_EMOTIONS)
+    assert data["emotions"] == list(EMOTION6_LABELS)  # the measured distribution (README, "Emotion output")
     full = [b for b in data["buckets"] if b["count"]]
     assert sum(b["count"] for b in full) == sum(r.channel == SPIKE_CHANNEL for r in results)
     for b in full:
         assert sum(b["mean"].values()) == pytest.approx(1.0, abs=1e-4)
     spike = [b for b in full if b["t"].startswith("2025-01-01T14:0")]
-    assert spike and all(b["mean"]["sadness"] > b["mean"]["contentment"] for b in spike)
+    assert spike and all(b["mean"]["sadness"] > b["mean"]["joy"] for b in spike)
 
 
 def test_channels_alerts_and_gallery(dash):
@@ -187,6 +187,9 @@ def test_channels_alerts_and_gallery(dash):
     negatives = Counter(r.channel for r in results if r.polarity == "negative")
     assert {c: v["count"] for c, v in chans.items()} == dict(counts)
     assert {c: v["negative"] for c, v in chans.items()} == dict(negatives)
+    assert all(
+        v["neutral"] == sum(r.channel == c and r.polarity == "neutral" for r in results) for c, v in chans.items()
+    )
 
     alerts = get_json(server, "/api/alerts?range=all")["alerts"]
     assert [a["alert_id"] for a in alerts] == [alert.alert_id]
