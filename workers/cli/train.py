@@ -121,6 +121,25 @@ def train(
     console.print(f"wrote {path} and {path.parent / 'MODEL_CARD.md'} in {time.monotonic() - started:.0f}s")
 
 
+def _mvsa_recipe(data: Optional[Path], settings: AnalysisSettings, seed: int):
+    """ship_config and the MVSA-Single train posts (the dev split stays out)."""
+    import numpy as np
+
+    from pipelines.datasets import DatasetNotFound, load_mvsa, mvsa_root
+    from pipelines.polarity import PolarityData
+    from pipelines.train import ship_config
+    from workers.cli.benchmarks import features_of
+
+    try:
+        items = load_mvsa(data)
+    except DatasetNotFound as exc:
+        console.print(f"[red]error:[/red] {exc} (--with-mvsa needs mvsa-single-dev/ beside twitter1-dev/)")
+        raise typer.Exit(2) from exc
+    cache = features_of(items, mvsa_root(data), "mvsa", settings)[0]
+    train = np.flatnonzero([item.split == "train" for item in items])
+    return ship_config(seed), PolarityData.from_posts(cache.subset(train))
+
+
 def _product_data(data: Optional[Path], settings: AnalysisSettings, mvsa: bool, emotion6: bool):
     """MVSA-Single posts (polarity data) and Emotion6 (pooled, mirrored, targets), where asked for and present."""
     import numpy as np
@@ -166,6 +185,9 @@ def eval_twitter1(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the table as JSON"),
     proposals: str = typer.Option("selective_search", help="region proposals of the AR rows: selective_search|learned"),
     shipped: bool = typer.Option(False, "--shipped", help="score the shipped heads on every image of the subset"),
+    with_mvsa: bool = typer.Option(
+        False, "--with-mvsa", help="the shipped recipe: MVSA-Single train posts join each fold's polarity training"
+    ),
 ) -> None:
     """Stratified k-fold accuracy on Twitter I with MIRA's ablations and the AR fusion variants."""
     from pipelines.evaluate import cross_validate, score_shipped, summarise
@@ -203,7 +225,10 @@ def eval_twitter1(
         f"{subset}-agree: {len(cache.names)} images, {int(cache.labels.sum())} positive; "
         f"index {db.version} ({len(db)} sentences); {folds} folds"
     )
-    results = cross_validate(cache, db, TrainConfig(seed=seed, epochs=epochs), folds, progress=console.log)
+    cfg, extra = TrainConfig(seed=seed, epochs=epochs), None
+    if with_mvsa:
+        cfg, extra = _mvsa_recipe(data, settings, seed)
+    results = cross_validate(cache, db, cfg, folds, progress=console.log, extra=extra)
     table_data = summarise(results)
     table = Table(title=f"Twitter I {subset}-agree, {folds}-fold (seed {seed}, {proposals} proposals)")
     for col in ("model", "accuracy", "± std", "AUC"):
