@@ -23,6 +23,7 @@ import pytest
 from skimage import data as samples
 
 from pipelines.thumbnails import make_thumbnail
+from schemas.emotions import EMOTION6_LABELS
 from schemas.reviews import ReviewV1
 from tests.factories import T0, make_alert, make_result, tiny_png
 from tests.support.browser import Chromium
@@ -173,7 +174,8 @@ def test_dashboard_renders_charts_and_gallery(dashboard):
     assert all(s.count("L") >= 20 for s in series), "lines drawn through the buckets"
     assert len(re.findall(r'class="marker alert-marker', negative_chart)) == 1
     emotion_chart = re.search(r'<svg id="emotion-chart".*?</svg>', dom, re.S).group(0)
-    assert len(re.findall(r'<path class="layer" d="M[^"]+Z"', emotion_chart)) == 8
+    layers = re.findall(r'<path class="layer" d="M[^"]+Z"', emotion_chart)
+    assert len(layers) == len(EMOTION6_LABELS), "one stacked layer per Emotion6 label (the measured distribution)"
     assert len(re.findall(r'class="alert-row"', dom)) == 1
     cards = re.findall(r'class="gallery-card"', dom)
     assert len(cards) == 12
