@@ -225,7 +225,8 @@ def make_emotion6(negative: float) -> Emotion6Distribution:
     weights["joy"] += 1.0 - negative
     weights["neutral"] += 0.1
     total = sum(weights.values())
-    return Emotion6Distribution.from_sequence([weights[label] / total for label in EMOTION6_LABELS])
+    # short decimals survive stores that reformat floats (noida-db returns 16 significant digits)
+    return Emotion6Distribution.from_sequence([round(weights[label] / total, 6) for label in EMOTION6_LABELS])
 
 
 def make_results(
