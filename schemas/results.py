@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -43,8 +43,30 @@ class PolarityProbs3(_Model):
         return max(values, key=values.__getitem__)  # type: ignore[return-value]
 
 
-class EmotionDistribution(_Model):
+class _LabelDistribution(_Model):
+    """Probabilities over a fixed label set, one field per label, in ``LABELS`` order."""
+
+    LABELS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_sequence(cls, values) -> Self:
+        values = [float(v) for v in values]
+        if len(values) != len(cls.LABELS):
+            raise ValueError(f"need {len(cls.LABELS)} values, got {len(values)}")
+        return cls(**dict(zip(cls.LABELS, values)))
+
+    def as_list(self) -> list[float]:
+        return [getattr(self, name) for name in self.LABELS]
+
+    def dominant(self) -> str:
+        values = self.as_list()
+        return self.LABELS[max(range(len(values)), key=values.__getitem__)]
+
+
+class EmotionDistribution(_LabelDistribution):
     """Probabilities over the 8 Mikels emotions, in wheel order."""
+
+    LABELS: ClassVar[tuple[str, ...]] = tuple(MIKELS_EMOTIONS)
 
     anger: Probability
     disgust: Probability
@@ -55,24 +77,12 @@ class EmotionDistribution(_Model):
     contentment: Probability
     amusement: Probability
 
-    @classmethod
-    def from_sequence(cls, values) -> EmotionDistribution:
-        values = [float(v) for v in values]
-        if len(values) != len(MIKELS_EMOTIONS):
-            raise ValueError(f"need {len(MIKELS_EMOTIONS)} values, got {len(values)}")
-        return cls(**dict(zip(MIKELS_EMOTIONS, values)))
 
-    def as_list(self) -> list[float]:
-        return [getattr(self, name) for name in MIKELS_EMOTIONS]
-
-    def dominant(self) -> Emotion:
-        values = self.as_list()
-        return MIKELS_EMOTIONS[max(range(len(values)), key=values.__getitem__)]  # type: ignore[return-value]
-
-
-class Emotion6Distribution(_Model):
+class Emotion6Distribution(_LabelDistribution):
     """Probabilities over Emotion6's labels (Ekman's six + neutral): the distribution measured against human
     judgements (moodwatch eval emotion6), and the one the dashboards show."""
+
+    LABELS: ClassVar[tuple[str, ...]] = tuple(EMOTION6_LABELS)
 
     anger: Probability
     disgust: Probability
@@ -81,20 +91,6 @@ class Emotion6Distribution(_Model):
     sadness: Probability
     surprise: Probability
     neutral: Probability
-
-    @classmethod
-    def from_sequence(cls, values) -> Emotion6Distribution:
-        values = [float(v) for v in values]
-        if len(values) != len(EMOTION6_LABELS):
-            raise ValueError(f"need {len(EMOTION6_LABELS)} values, got {len(values)}")
-        return cls(**dict(zip(EMOTION6_LABELS, values)))
-
-    def as_list(self) -> list[float]:
-        return [getattr(self, name) for name in EMOTION6_LABELS]
-
-    def dominant(self) -> Emotion6:
-        values = self.as_list()
-        return EMOTION6_LABELS[max(range(len(values)), key=values.__getitem__)]  # type: ignore[return-value]
 
 
 class TextInfluence(_Model):
