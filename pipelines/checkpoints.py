@@ -65,6 +65,8 @@ def render_card(card: dict[str, Any]) -> str:
         lines += [f"- **{k}**: {v}" for k, v in card["supervision"].items()]
     if "data" in card:
         lines += ["", "## Data", ""] + [f"- **{k}**: {v}" for k, v in card["data"].items()]
+    if "commands" in card:
+        lines += ["", "## Commands", ""] + [f"- **{k}**: `{v}`" for k, v in card["commands"].items()]
     if "metrics" in card:
         lines += ["", "## Metrics", "", "```", json.dumps(card["metrics"], indent=2), "```"]
     if "fine_tuned_on_reviews" in card:

@@ -1,13 +1,16 @@
 """Training of every head on cached frozen-backbone features.
 
-What supervises what (Twitter I has binary polarity labels only, no emotion labels):
+What supervises what (no data set here labels emotions of Twitter or MVSA images):
 - aligned image encoder: contrastive (InfoNCE) against the MiniLM embedding of each training
-  image's generated caption (captions.csv) — no sentiment label is used;
-- MIRA polarity head: the Twitter I polarity labels (cross-entropy);
-- distribution head (EW-MTCNN): soft 8-emotion targets built from the emotion labels of the
-  sentences retrieved for the image (top `target_k`, similarity-weighted), restricted to the
-  emotions of the image's labelled polarity (uniform over that half when none was retrieved);
-  loss (1 - lambda) CE + lambda KL, lambda = 0.7;
+  image's generated caption (captions.csv) -- no sentiment label is used;
+- MIRA polarity head (three-way): Twitter I labels, positive vs negative, cross-entropy over those two
+  logits only (image only, no post text), together with MVSA-Single posts' three-way labels (image +
+  the post's text), cross-entropy over all three (pipelines.polarity);
+- distribution head (EW-MTCNN, Mikels): soft 8-emotion targets built from the emotion labels of the
+  sentences retrieved for the image (top `target_k`, similarity-weighted), restricted to the emotions
+  of the image's labelled polarity (uniform over that half when none was retrieved); loss
+  (1 - lambda) CE + lambda KL, lambda = 0.7;
+- Emotion6 head: Emotion6's human emotion distributions, five heads averaged (pipelines.emotion6);
 - region scorer: the same image-level soft target for every region of the image (multiple-instance
   style: the paper's region sentiment labels do not exist for this data);
 - concatenation fusion (evaluation variant): polarity labels.
