@@ -58,6 +58,7 @@ import torch
 
 from pipelines.analyze import (
     AnalyzerOptions,
+    GlobalOutputs,
     LocalAnalyzer,
     compose_analysis,
     heads_stage,
@@ -304,15 +305,16 @@ class NaivePipeline:
             _, pooled_q = m.backbone(m.backbone.preprocess([image]))
             query = m.heads.embed(pooled_q)
         with clock("faiss search"):
-            scores, ids = m.database.search(query.numpy(), k=opts.retrieval_k)
+            scores, ids = m.database.search(query.numpy(), k=opts.candidates)
             sentences = m.database.sentences_for(ids)[0]
         with clock("text encoder (re-encode sentences)"):
-            text_feats = torch.as_tensor(m.text_encoder.encode([s.text for s in sentences]))[None]
+            read = [s.text for s in sentences[: opts.retrieval_k]]
+            text_feats = torch.as_tensor(m.text_encoder.encode(read))[None]
         with clock("MIRA head"):
             polarity, _ = m.heads.polarity(text_feats, feat_map)
         with clock("distribution CNN (EW-MTCNN)"):
             _, pooled_d = m.backbone(m.backbone.preprocess([image]))
-            emotions = m.heads.emotions(pooled_d)
+            emotions, emotions6 = m.heads.emotions(pooled_d), m.heads.emotions6(pooled_d)
         with clock("region crops through the CNN"):
             dists = []
             for x0, y0, x1, y1 in candidates.boxes:
@@ -321,9 +323,8 @@ class NaivePipeline:
                 dists.append(m.heads.score_regions(pooled_r))
             region_dists = torch.cat(dists) if dists else None
         with clock("compose"):
-            return compose_analysis(
-                polarity[0], emotions[0], region_dists, candidates, sentences, scores[0], width, height, opts
-            )
+            outputs = GlobalOutputs(polarity, polarity, emotions, emotions6, scores, ids)
+            return compose_analysis(outputs, 0, region_dists, candidates, sentences, width, height, opts)
 
 
 # -- (b) stage shares of the batched local analyzer -----------------------------------------------------------
@@ -340,10 +341,13 @@ def profile_local(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: Stag
         with clock("backbone"):
             feat_map, pooled = analyzer.backbone(pixels)
         with clock("retrieval (embed + faiss)"):
-            retrieval = retrieval_stage(analyzer.heads, analyzer.database, pooled, opts.retrieval_k)
+            retrieval = retrieval_stage(analyzer.heads, analyzer.database, pooled, opts.candidates)
         with clock("heads (MIRA + distribution)"):
-            text_feats = torch.as_tensor(retrieval.features, dtype=feat_map.dtype, device=feat_map.device)
-            polarity, emotions = heads_stage(analyzer.heads, feat_map, pooled, text_feats)
+            read = retrieval.features[:, : opts.retrieval_k]
+            text_feats = torch.as_tensor(read, dtype=feat_map.dtype, device=feat_map.device)
+            outputs = GlobalOutputs(
+                *heads_stage(analyzer.heads, feat_map, pooled, text_feats), retrieval.scores, retrieval.ids
+            )
         evidence = analyzer.database.sentences_for(retrieval.ids)
         for i, image in enumerate(images):
             h, w = image.shape[:2]
@@ -352,9 +356,7 @@ def profile_local(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: Stag
                     analyzer.heads, analyzer.backbone, feat_map[i : i + 1], candidates[i], w, h
                 )
             with clock("compose"):
-                compose_analysis(
-                    polarity[i], emotions[i], dists, candidates[i], evidence[i], retrieval.scores[i], w, h, opts
-                )
+                compose_analysis(outputs, i, dists, candidates[i], evidence[i], w, h, opts)
 
 
 # -- (a) backbone ceiling and (c) learned proposals ----------------------------------------------------------
