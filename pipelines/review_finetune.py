@@ -1,8 +1,9 @@
 """Fine-tune trained heads on moderators' labels: the JSONL of `moodwatch reviews export`.
 
 What supervises what:
-- MIRA polarity head: the person's polarity (positive / negative; "neutral" labels do not train the
-  binary head), cross-entropy from the current weights at a small learning rate;
+- MIRA polarity head: the person's polarity (positive / neutral / negative for the three-way heads of
+  schema v2; a two-way checkpoint from before skips "neutral"), cross-entropy from the current weights
+  at a small learning rate; the thumbnails carry no post text, so this is the image-only case;
 - distribution head: the EW-MTCNN label distribution of the person's dominant emotion (the wheel
   prior of that Mikels emotion, sigma 0.6), loss (1 - lambda) CE + lambda KL; Emotion6-only labels
   (joy, surprise, neutral) do not train it;
@@ -32,13 +33,18 @@ from torch import nn
 
 from models.emotions import multitask_loss, wheel_prior
 from models.encoders import ImageBackbone
-from models.moodnet import MoodHeads
+from models.moodnet import POLARITY3_CLASSES, POLARITY_CLASSES, MoodHeads
 from pipelines.retrieval import SentenceDatabase
 from pipelines.train import TrainConfig, _fit, retrieve
 from schemas.emotions import MIKELS_EMOTIONS
 from schemas.reviews import ReviewExportV1
 
-POLARITY_INDEX = {"positive": 0, "negative": 1}  # models.moodnet.POLARITY_CLASSES order
+
+def polarity_index(heads: MoodHeads) -> dict[str, int]:
+    """A label's class index in these heads: three-way (positive, neutral, negative) since schema v2; a two-way
+    checkpoint from before has no neutral class, so its neutral labels train nothing."""
+    classes = POLARITY3_CLASSES if heads.config.num_polarities == 3 else POLARITY_CLASSES
+    return {name: i for i, name in enumerate(classes)}
 
 
 class ReviewExportError(ValueError):
@@ -132,7 +138,8 @@ def finetune_on_reviews(
     fmaps, pooled, flipped = _features(backbone, images)
     k = tuned.config.retrieval_k
     text = torch.as_tensor(retrieve(tuned, db, pooled.numpy(), k).features) if tuned.mira.mode != "image_only" else None
-    y = torch.tensor([POLARITY_INDEX.get(r.label.polarity, -1) for r in used])
+    index = polarity_index(tuned)
+    y = torch.tensor([index.get(r.label.polarity, -1) for r in used])
     emotion_rows = [i for i, r in enumerate(used) if r.label.dominant_emotion in MIKELS_EMOTIONS]
     targets = torch.stack([wheel_prior(used[i].label.dominant_emotion, cfg.sigma) for i in emotion_rows]) \
         if emotion_rows else torch.zeros(0, len(MIKELS_EMOTIONS))  # fmt: skip

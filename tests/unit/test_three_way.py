@@ -138,3 +138,12 @@ def test_emotion6_prior_and_the_mikels_mapping():
 def test_top1_accuracy_counts_any_tied_maximum():
     target = np.array([[0.4, 0.4, 0.2], [0.1, 0.2, 0.7]])
     assert top1_accuracy(np.array([[0.1, 0.8, 0.1], [0.9, 0.05, 0.05]]), target) == 0.5
+
+
+def test_review_labels_map_onto_the_heads_own_polarity_classes():
+    from pipelines.review_finetune import polarity_index
+
+    three = MoodHeads(HeadsConfig(image_dim=C, text_dim=T, hidden_dim=D, emotion6=False))
+    two = MoodHeads(HeadsConfig.from_dict({"image_dim": C, "text_dim": T, "hidden_dim": D}))
+    assert polarity_index(three) == {"positive": POSITIVE, "neutral": NEUTRAL, "negative": NEGATIVE}
+    assert polarity_index(two) == {"positive": 0, "negative": 1}
