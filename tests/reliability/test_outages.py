@@ -209,6 +209,9 @@ def summarise_lag(rows: list[dict]) -> dict:
     }
 
 
+OUTAGE_BURST = 300
+
+
 def run_outages(
     outages: list[tuple[str, float, Callable[[], None], Callable[[], None]]],
     n_posts: int,
@@ -222,10 +225,19 @@ def run_outages(
 ) -> None:
     """One worker, one stream arriving at `rate`/s, the outages one after the other (each: kind,
     seconds, break, fix), catching up in between. Valid posts only: a batch of nothing but poison
-    posts needs no store write and may rightly commit during a store outage."""
+    posts needs no store write and may rightly commit during a store outage.
+
+    Each outage also gets its own burst of OUTAGE_BURST posts, produced while the dependency is
+    down: the paced stream runs on the wall clock, and on a loaded machine the outages (and the
+    recoveries between them) can outlast it, which left a late outage with no backlog to hold."""
     settings = make_settings(stack)
     stream = build_stream(n_posts, seed=SEED + 3)
-    head, tail = stream.records[:400], stream.records[400:]
+    n_bursts = OUTAGE_BURST * len(outages)
+    head, tail = stream.records[:400], stream.records[400 : len(stream.records) - n_bursts]
+    bursts = [
+        stream.records[len(stream.records) - n_bursts + i * OUTAGE_BURST :][:OUTAGE_BURST] for i in range(len(outages))
+    ]
+    burst_ends: dict[int, int] = {}
     produce(settings.kafka_bootstrap, settings.posts_topic, head)
     worker = worker_env(settings, **worker_extra_env).start()
     worker.wait_event("commit", timeout=180)
@@ -233,14 +245,18 @@ def run_outages(
     sampler = Sampler(settings, worker, paced, produced=len(head))
     before = sampler.during(3.0)
     report = []
-    for kind, outage_s, break_it, fix_it in outages:
+    for (kind, outage_s, break_it, fix_it), burst in zip(outages, bursts):
         down_at = time.time()
         break_it()
         # A batch already stored / analysed when the outage began may still commit; give it 2 s (a
         # batch takes ~0.3 s here). After that nothing may be committed until the dependency is back.
         sampler.during(2.0)
         frozen = sampler.sample()
-        during = sampler.during(outage_s - 2.0)
+        ends, _ = produce(settings.kafka_bootstrap, settings.posts_topic, burst)
+        sampler.produced += len(burst)
+        for partition, end in ends.items():
+            burst_ends[partition] = max(burst_ends.get(partition, 0), end)
+        during = sampler.during(max(0.5, outage_s - (time.time() - down_at)))
         fix_it()
         up_at = time.time()
         assert worker.alive(), f"worker died during the {kind} outage:\n{worker.log_tail(60)}"
@@ -265,6 +281,7 @@ def run_outages(
         sampler.during(4.0)  # catch up a little before the next outage
 
     ends = paced.join()
+    ends = {p: max(ends.get(p, 0), burst_ends.get(p, 0)) for p in ends.keys() | burst_ends.keys()}
     done = all_committed(settings.kafka_bootstrap, settings.consumer_group, settings.posts_topic, ends)
     after = []
     started = time.monotonic()
@@ -310,7 +327,7 @@ def run_outages(
             assert not r["gauge_frozen_while_true_lag_grew"], f"the lag gauge did not move during the outage: {r}"
     assert verdict.ok, verdict.explain()
     for r in report:
-        assert (r["lag_during"]["true_lag_max"] or 0) > 200, f"the outage should have built a backlog: {r}"
+        assert (r["lag_during"]["true_lag_max"] or 0) >= OUTAGE_BURST, f"the outage should have built a backlog: {r}"
 
 
 def outage_plan(own_store: NoidaStore, flag: Path, store_s: float, backend_s: float):
