@@ -16,7 +16,7 @@ workers/adapters/triton_client.py -- computes the same numbers with the same cod
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -313,8 +313,12 @@ class LocalAnalyzer:
         options: AnalyzerOptions = AnalyzerOptions(),
         proposer: torch.nn.Module | None = None,
         text_encoder: TextEncoder | None = None,
+        backbone_runner: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.backbone = backbone.eval()
+        # pixels -> (feature map, pooled): the torch module itself, or its ONNX Runtime export
+        # (pipelines.onnx_backbone; chosen by MOODWATCH_BACKBONE_RUNTIME in the worker)
+        self.backbone_runner = backbone_runner or backbone
         self.heads = heads.eval()
         self.database = database
         self.options = options
@@ -389,7 +393,8 @@ class LocalAnalyzer:
         """Feature maps and pooled vectors of the batch, in chunks of ``options.backbone_chunk`` images."""
         chunk = self.options.backbone_chunk or len(images)
         parts = [
-            self.backbone(self.backbone.preprocess(list(images[i : i + chunk]))) for i in range(0, len(images), chunk)
+            self.backbone_runner(self.backbone.preprocess(list(images[i : i + chunk])))
+            for i in range(0, len(images), chunk)
         ]
         if len(parts) == 1:
             return parts[0]

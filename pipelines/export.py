@@ -52,6 +52,7 @@ from models.moodnet import MoodHeads
 from pipelines.analyze import ANALYZER_VERSION, analyzer_versions
 from pipelines.checkpoints import load_heads
 from pipelines.evidence import EvidenceRanking
+from pipelines.onnx_backbone import export_backbone_onnx, onnxruntime_available
 from pipelines.regions import RegionSettings
 from pipelines.retrieval import IndexMismatchError, SentenceDatabase
 
@@ -78,6 +79,18 @@ ASSETS: dict[str, tuple[str, ...]] = {
     ENSEMBLE: (),
     FUSED: ("backbone_spec", "backbone_state", "heads", "index", "warmup"),
 }
+# With the python backend on a CPU profile, the backbone and fused models also get backbone.onnx
+# and run it through ONNX Runtime (pipelines/onnx_backbone.py); with --backbone-backend onnxruntime
+# the `backbone` model is the ONNX graph itself, served by Triton's onnxruntime backend.
+BACKBONE_BACKENDS = ("python", "onnxruntime")
+ONNX_TEMPLATE = "backbone_onnxruntime"
+TENSORRT_FP16 = (
+    'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt"\n'
+    '  parameters { key: "precision_mode" value: "FP16" }\n'
+    '  parameters { key: "max_workspace_size_bytes" value: "2147483648" }\n'
+    '  parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+    '  parameters { key: "trt_engine_cache_path" value: "/tmp/moodwatch-trt" } } ] } }'
+)
 
 _CPUS = os.cpu_count() or 1
 
@@ -155,6 +168,7 @@ def export_repository(
     max_batch_size: int | None = None,
     models: Iterable[str] | None = None,
     templates: str | os.PathLike[str] = TEMPLATES_DIR,
+    backbone_backend: str = "python",
 ) -> ExportResult:
     """Render the templates for ``kind`` into ``out_repo`` with the weights and index they need.
 
@@ -164,9 +178,14 @@ def export_repository(
     "tiny-random:SEED", a Hugging Face id or folder); the server rebuilds the architecture from the
     spec and loads the exported state dict. ``max_regions``: the most region candidates per image
     the client may send (default: the number of spectral clusters, one box per cluster).
+    ``backbone_backend``: "python" (torch, or ONNX Runtime inside the python model on a CPU profile when
+    onnxruntime is installed) or "onnxruntime" (Triton's onnxruntime backend, TensorRT FP16 on the GPU
+    profile; needs the official tritonserver image).
     """
     if kind not in KINDS:
         raise ExportError(f"kind must be one of {KINDS}, got {kind!r}")
+    if backbone_backend not in BACKBONE_BACKENDS:
+        raise ExportError(f"backbone_backend must be one of {BACKBONE_BACKENDS}, got {backbone_backend!r}")
     selected = _select_models(models)
     profile = PROFILES[kind]
     templates = Path(templates)
@@ -200,7 +219,10 @@ def export_repository(
         "candidates": m,
         "max_batch_size": mbs,
     }
+    in_python_ort = kind == "cpu" and onnxruntime_available()
     common = {
+        "backbone_runtime": "onnxruntime" if in_python_ort else "torch",
+        "onnx_optimization": TENSORRT_FP16 if kind == "gpu" else "",
         "max_batch_size": mbs,
         "preferred_batch_sizes": ", ".join(str(b) for b in profile["preferred_batch_sizes"] if b <= mbs) or str(mbs),
         "queue_delay_us": profile["queue_delay_us"],
@@ -232,7 +254,8 @@ def export_repository(
     try:
         assets = _Assets(staging, heads_file, database, backbone, spec, max_regions)
         for name in selected:
-            template = templates / name
+            onnx_served = name == "backbone" and backbone_backend == "onnxruntime"
+            template = templates / (ONNX_TEMPLATE if onnx_served else name)
             if not (template / "config.pbtxt").is_file():
                 raise ExportError(f"no template for model {name!r} under {templates}")
             instance_kind, count = profile["instances"].get(name, ("KIND_CPU", 1))
@@ -249,8 +272,13 @@ def export_repository(
             if (template / "1" / "model.py").is_file():
                 shutil.copy2(template / "1" / "model.py", version_dir / "model.py")
                 shutil.copy2(templates / "_shared" / SHARED_FILE, version_dir / SHARED_FILE)
-            for asset in ASSETS[name]:
-                assets.write(asset, model_dir)
+            if onnx_served:
+                export_backbone_onnx(backbone, version_dir / "model.onnx", raw_pixels=True)
+            else:
+                for asset in ASSETS[name]:
+                    assets.write(asset, model_dir)
+                if in_python_ort and "backbone_state" in ASSETS[name]:
+                    assets.write("backbone_onnx", model_dir)
             files[name] = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
         result = ExportResult(out_repo, kind, list(selected), versions, contract, files)
         (staging / "export.json").write_text(
@@ -376,6 +404,8 @@ class _Assets:
         elif asset == "backbone_state":
             state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
             torch.save(state, target / "backbone.pt")
+        elif asset == "backbone_onnx":
+            export_backbone_onnx(self.backbone, target / "backbone.onnx")
         elif asset == "warmup":
             boxes, count, size = warmup_boxes(self.max_regions)
             (target / "boxes").write_bytes(boxes.tobytes())
@@ -392,6 +422,7 @@ class _Assets:
             "index": ["index"],
             "backbone_spec": ["backbone.json"],
             "backbone_state": ["backbone.pt"],
+            "backbone_onnx": ["backbone.onnx"],
             "warmup": ["boxes", "box_count", "image_size"],
         }[asset]
 

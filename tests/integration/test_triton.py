@@ -255,12 +255,61 @@ def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets,
     assert (tmp_path / "cpu" / "regions" / "warmup" / "boxes").stat().st_size == 50 * 4 * 4
     assert (tmp_path / "cpu" / "retrieval" / "1" / "index" / "manifest.json").is_file()
     assert (tmp_path / "cpu" / "backbone" / "1" / "backbone.pt").is_file()
+    # the CPU profile runs the backbone through ONNX Runtime inside the python model; the GPU one, torch
+    for name in ("backbone", "moodwatch_fused"):
+        c = text_format.Parse((tmp_path / "cpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        g = text_format.Parse((tmp_path / "gpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert c.parameters["backbone_runtime"].string_value == "onnxruntime"
+        assert g.parameters["backbone_runtime"].string_value == "torch"
+        assert (tmp_path / "cpu" / name / "1" / "backbone.onnx").is_file()
+        assert not (tmp_path / "gpu" / name / "1" / "backbone.onnx").exists()
+
+
+def test_export_for_the_onnxruntime_backend_keeps_the_backbone_contract(tiny_assets, tmp_path):
+    """`--backbone-backend onnxruntime`: the `backbone` model is the ONNX graph (normalisation inside) for
+    Triton's onnxruntime backend, TensorRT FP16 on GPU, with the python model's inputs and outputs."""
+    import onnxruntime as ort
+
+    from pipelines.export import export_repository
+
+    def config(folder: Path) -> model_config_pb2.ModelConfig:
+        return text_format.Parse((folder / "backbone" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+    args = (tiny_assets["heads"], tiny_assets["index"])
+    export_repository(*args, tmp_path / "python", "cpu", image_encoder=BACKBONE)
+    for kind in ("cpu", "gpu"):
+        export_repository(*args, tmp_path / kind, kind, image_encoder=BACKBONE, backbone_backend="onnxruntime")
+    python, cpu, gpu = config(tmp_path / "python"), config(tmp_path / "cpu"), config(tmp_path / "gpu")
+    for c in (cpu, gpu):
+        assert c.name == "backbone" and c.backend == "onnxruntime"
+        assert [(i.name, i.data_type, list(i.dims)) for i in c.input] == [
+            (i.name, i.data_type, list(i.dims)) for i in python.input
+        ]
+        assert [(o.name, o.data_type, list(o.dims)) for o in c.output] == [
+            (o.name, o.data_type, list(o.dims)) for o in python.output
+        ]
+        assert c.dynamic_batching.max_queue_delay_microseconds > 0
+    assert not cpu.optimization.execution_accelerators.gpu_execution_accelerator
+    (trt,) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert sorted(p.name for p in (tmp_path / "cpu" / "backbone" / "1").iterdir()) == ["model.onnx"]
+
+    backbone = load_image_backbone(BACKBONE)
+    pixels = torch.rand(3, 3, *backbone.input_size) * 255  # what the client sends: resized, 0..255
+    session = ort.InferenceSession(str(tmp_path / "cpu" / "backbone" / "1" / "model.onnx"))
+    feat_map, pooled = session.run(["FEATURE_MAP", "POOLED"], {"PIXELS": pixels.numpy()})
+    with torch.inference_mode():
+        expected = backbone((pixels - backbone.pixel_mean) / backbone.pixel_std)
+    np.testing.assert_allclose(feat_map, expected[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(pooled, expected[1].numpy(), atol=1e-4)
 
 
 # -- parity ---------------------------------------------------------------------------------------------
 
 
-def test_triton_and_local_backends_give_the_same_analysis(local_analyzer, triton_analyzer):
+def test_triton_and_local_backends_give_the_same_analysis(local_analyzer, triton_analyzer, triton_server):
+    log = Path(triton_server.log_path).read_text(errors="replace")
+    assert "moodwatch backbone: loaded" in log and "backbone runtime onnxruntime" in log  # the CPU export's ONNX
     local = local_analyzer.analyze(IMAGES)
     remote = triton_analyzer.analyze(IMAGES)
     _assert_same(local, remote)

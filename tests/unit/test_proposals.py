@@ -15,6 +15,7 @@ from models.proposals import (
     encode_boxes,
     pairwise_iou,
     select_proposals,
+    spatial_peaks,
     valid_box_mask,
 )
 from models.regions import ar_score, roi_features, senti_score
@@ -101,3 +102,33 @@ def test_learned_proposer_gives_boxes_inside_the_image():
     assert ((kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])).all()
     iou = pairwise_iou(boxes[0][mask[0]], boxes[0][mask[0]])
     assert (iou.triu(1) <= proposer.iou_threshold + 1e-6).all()
+
+
+def test_pairwise_iou_matches_the_definition():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 7, 4, generator=g), torch.rand(2, 5, 4, generator=g)
+    a[..., 2:] += a[..., :2]
+    b[..., 2:] += b[..., :2]
+    got = pairwise_iou(a, b)
+    for n in range(2):
+        for i in range(7):
+            for j in range(5):
+                (x0, y0, x1, y1), (u0, v0, u1, v1) = a[n, i].tolist(), b[n, j].tolist()
+                inter = max(0.0, min(x1, u1) - max(x0, u0)) * max(0.0, min(y1, v1) - max(y0, v0))
+                union = (x1 - x0) * (y1 - y0) + (u1 - u0) * (v1 - v0) - inter
+                assert math.isclose(float(got[n, i, j]), inter / union, rel_tol=1e-5, abs_tol=1e-7)
+
+
+def test_spatial_peaks_keep_the_local_maxima_of_each_anchor_shape():
+    g = torch.Generator().manual_seed(1)
+    h, w, a = 6, 5, 3
+    logits = torch.randn(2, h * w * a, generator=g)
+    kept = spatial_peaks(logits, h, w, a).isfinite().reshape(2, h, w, a)
+    grid = logits.reshape(2, h, w, a)
+    for n in range(2):
+        for k in range(a):
+            assert kept[n, :, :, k].flatten()[grid[n, :, :, k].flatten().argmax()]  # the best box always stays
+            for y in range(h):
+                for x in range(w):
+                    window = grid[n, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2, k]
+                    assert bool(kept[n, y, x, k]) == bool(grid[n, y, x, k] >= window.max())

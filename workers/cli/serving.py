@@ -68,6 +68,12 @@ def export(
         "--model",
         help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the one-model variant)",
     ),
+    backbone_backend: str = typer.Option(
+        "python",
+        "--backbone-backend",
+        help="python: torch (ONNX Runtime inside on the cpu kind); onnxruntime: Triton's onnxruntime backend with "
+        "1/model.onnx, TensorRT FP16 on the gpu kind (official tritonserver image, not the local pytriton wheel)",
+    ),
 ) -> None:
     """Write a servable Triton model repository: rendered configs, weights, index."""
     from pipelines.checkpoints import DEFAULT_HEADS, CheckpointError
@@ -91,6 +97,7 @@ def export(
             retrieval_k=settings.retrieval_k,
             max_batch_size=max_batch_size,
             models=model or None,
+            backbone_backend=backbone_backend,
         )
     except (ExportError, CheckpointError, IndexMismatchError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -143,12 +143,19 @@ class ModelSettings(MoodwatchSettings):
         "proposals from the backbone's feature map, batched on the device (distilled from selective search; "
         "agrees poorly with it so far, see README)",
     )
+    backbone_runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="what runs the image backbone in the local analyzer: onnxruntime (an ONNX export of the "
+        "backbone, made once into <artifacts_dir>/onnx; 4-7x faster than torch on a CPU), torch, or auto "
+        "(onnxruntime on a CPU when the package is installed, torch on a GPU)",
+    )
     backbone_chunk: int = Field(
-        8,
+        0,
         ge=0,
         le=1024,
         description="run the backbone over chunks of this many images (0 = the whole micro-batch at once); "
-        "on a 2-core CPU small chunks are faster per image, on a GPU use 0",
+        "measured on a 2-core CPU (python -m workers.devstack.bench_layouts): onnxruntime is fastest on the "
+        "whole batch, eager torch on chunks of 4 (see README)",
     )
 
     @property

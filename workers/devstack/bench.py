@@ -48,7 +48,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
@@ -65,7 +65,8 @@ from pipelines.analyze import (
     region_distributions,
     retrieval_stage,
 )
-from pipelines.regions import region_candidates
+from pipelines.onnx_backbone import OnnxBackbone, check_parity, ensure_backbone_onnx, resolve_backbone_runtime
+from pipelines.regions import learned_top_regions, region_candidates, top_regions_as_candidates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POST_SIZES = [(1080, 1080), (1350, 1080), (675, 1200), (480, 640), (768, 1024), (1080, 1080), (1200, 900), (720, 1280)]
@@ -362,12 +363,48 @@ def profile_local(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: Stag
 # -- (a) backbone ceiling and (c) learned proposals ----------------------------------------------------------
 
 
-def run_new_rows(models: Models, images: list[np.ndarray], args) -> dict[str, dict[str, Any]]:
+def backbone_runner(models: Models, runtime: str, workdir: Path):
+    """The backbone as the worker runs it for MOODWATCH_BACKBONE_RUNTIME (the ONNX export checked against torch)."""
+    runtime = resolve_backbone_runtime(runtime, models.backbone.device)
+    if runtime == "torch":
+        return models.backbone, runtime
+    runner = OnnxBackbone(ensure_backbone_onnx(models.backbone, workdir / "onnx"))
+    check_parity(models.backbone, runner)
+    return runner, runtime
+
+
+def profile_learned(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: StageClock) -> None:
+    """Stage shares of the learned path (the same calls as ``LocalAnalyzer._analyze_learned``)."""
+    sizes = torch.tensor([(img.shape[1], img.shape[0]) for img in images])
+    with torch.inference_mode():
+        with clock("preprocess (resize)"):
+            pixels = analyzer.backbone.preprocess(list(images))
+        with clock("backbone"):
+            feat_map, pooled = analyzer.backbone_runner(pixels)
+        with clock("retrieval + heads"):
+            outputs = analyzer.global_outputs(feat_map, pooled, [None] * len(images))
+        with clock("proposals (head + NMS)"):
+            boxes, objectness, mask = analyzer.proposer(feat_map, sizes)
+        with clock("regions (RoI-align + scores + AR top-K)"):
+            top = learned_top_regions(analyzer.heads, feat_map, boxes, objectness, mask, analyzer.options.regions_top_k)
+        with clock("compose"):
+            evidence = analyzer.database.sentences_for(outputs.retrieval_ids)
+            for i, (w, h) in enumerate(sizes.tolist()):
+                candidates, dists = top_regions_as_candidates(top, i, w, h)
+                compose_analysis(outputs, i, dists, candidates, evidence[i], w, h, analyzer.options)
+
+
+def run_new_rows(models: Models, images: list[np.ndarray], args, workdir: Path) -> dict[str, dict[str, Any]]:
     options = AnalyzerOptions(proposals="learned", backbone_chunk=args.chunk)
-    learned = LocalAnalyzer(models.backbone, models.heads, models.database, options)
-    backbone_only = lambda batch: learned.backbone_pass(batch)  # noqa: E731
+    runner, runtime = backbone_runner(models, args.backbone_runtime, workdir)
+    learned = LocalAnalyzer(models.backbone, models.heads, models.database, options, backbone_runner=runner)
+    eager = LocalAnalyzer(models.backbone, models.heads, models.database, replace(options, regions_enabled=False))
+    rows = [("a", "a-backbone-ceiling", learned.backbone_pass)]
+    if runtime != "torch":  # the eager torch backbone for reference: what the runtime choice is worth
+        rows.append(("a_torch", "a-backbone-torch-eager", eager.backbone_pass))
+    rows.append(("c", "c-learned-proposals", learned.analyze))
     out = {}
-    for key, name, fn in (("a", "a-backbone-ceiling", backbone_only), ("c", "c-learned-proposals", learned.analyze)):
+    for key, name, fn in rows:
         with torch.inference_mode():
             fn(images[: args.batch])  # warm-up
         load = _load()
@@ -382,10 +419,17 @@ def run_new_rows(models: Models, images: list[np.ndarray], args) -> dict[str, di
                 **throughput(posts, seconds, lat),
                 "peak_rss_mb": round(rss.peak_self / 2**20),
                 "load_avg_1m": load,
+                "backbone_runtime": "torch" if key == "a_torch" else runtime,
                 "region_proposals": learned.versions.region_proposals,
             }
         )
+        if key == "c":
+            clock = StageClock()
+            profile_learned(learned, [images[j % len(images)] for j in range(args.batch)], clock)
+            out[key]["stage_share"] = clock.shares()
+            emit({"config": "c-stage-shares", "stage_share": out[key]["stage_share"]})
     learned.close()
+    eager.close()
     return out
 
 
@@ -585,7 +629,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-worker", action="store_true", help="skip (d), the worker end to end")
     parser.add_argument("--worker-posts", type=int, default=256, help="(d): backlog drained at the maximum rate")
     parser.add_argument("--worker-seconds", type=float, default=20.0, help="(d): seconds produced at half that rate")
-    parser.add_argument("--chunk", type=int, default=8, help="backbone chunk of (a) and (c) (MOODWATCH_BACKBONE_CHUNK)")
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="backbone chunk of (a), (c) and (d) (MOODWATCH_BACKBONE_CHUNK; 0 = all)"
+    )
+    parser.add_argument(
+        "--backbone-runtime",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="backbone runtime of (a), (c) and (d) (MOODWATCH_BACKBONE_RUNTIME); (a) also runs eager torch",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -612,14 +664,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         options = AnalyzerOptions()
         if not args.tiny:
-            records.update(run_new_rows(models, images, args))
+            records.update(run_new_rows(models, images, args, workdir))
         if args.naive:
             records["naive"] = run_naive(models, images, options, args)
         if not args.skip_worker and not args.tiny:
             from workers.devstack.bench_worker import run_worker_bench
 
             try:
-                overrides = {"backbone_chunk": args.chunk, "region_proposals": "learned"}
+                overrides = {
+                    "backbone_chunk": args.chunk,
+                    "region_proposals": "learned",
+                    "backbone_runtime": args.backbone_runtime,
+                }
                 rec = run_worker_bench(args.worker_posts, args.worker_seconds, overrides)
                 records["d"] = emit(rec | {"peak_rss_mb": "-", "load_avg_1m": _load()})
             except Exception as exc:  # noqa: BLE001  (a broken local stack must not hide the other rows)

@@ -1,8 +1,10 @@
-"""Backbone layouts by measurement: preprocess + EfficientNet-Lite0 per chunk size and memory format.
+"""Backbone layouts by measurement: preprocess + EfficientNet-Lite0 per runtime, chunk size and memory format.
 
     python -m workers.devstack.bench_layouts [--batch 32] [--budget 8] [--device cpu]
 
-Prints img/s per layout and the best one (what MOODWATCH_BACKBONE_CHUNK should be on this machine).
+Prints img/s per layout and the best one (what MOODWATCH_BACKBONE_RUNTIME and MOODWATCH_BACKBONE_CHUNK
+should be on this machine): torch eager (contiguous and channels_last) and, on a CPU with onnxruntime
+installed, the ONNX Runtime export.
 """
 
 from __future__ import annotations
@@ -10,23 +12,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from models.encoders import load_image_backbone
+from pipelines.onnx_backbone import OnnxBackbone, check_parity, ensure_backbone_onnx, onnxruntime_available
 from workers.devstack.bench import bench_images
 
 
-def measure(backbone, images, batch: int, chunk: int, channels_last: bool, budget: float, device: str) -> float:
+def measure(
+    backbone, images, batch: int, chunk: int, channels_last: bool, budget: float, device: str, runner=None
+) -> float:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     backbone.to(memory_format=fmt)
+    run = runner or backbone
     posts, started = 0, time.perf_counter()
     with torch.inference_mode():
         while posts == 0 or time.perf_counter() - started < budget:
             micro = [images[(posts + j) % len(images)] for j in range(batch)]
             for i in range(0, batch, chunk):
-                backbone(backbone.preprocess(micro[i : i + chunk]).contiguous(memory_format=fmt))
+                run(backbone.preprocess(micro[i : i + chunk]).contiguous(memory_format=fmt))
             if device == "cuda":
                 torch.cuda.synchronize()
             posts += batch
@@ -43,11 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     backbone = load_image_backbone("efficientnet-lite0", args.device).eval()
     images = bench_images()
     results = {}
-    for channels_last in (False, True):
+    layouts = [("torch", False, None), ("torch", True, None)]
+    if args.device == "cpu" and onnxruntime_available():
+        runner = OnnxBackbone(ensure_backbone_onnx(backbone, Path(tempfile.mkdtemp(prefix="moodwatch-onnx-"))))
+        check_parity(backbone, runner)
+        layouts.append(("onnxruntime", False, runner))
+    for runtime, channels_last, runner in layouts:
         for chunk in args.chunks:
-            measure(backbone, images, chunk, chunk, channels_last, 0.0, args.device)  # warm-up
-            rate = measure(backbone, images, args.batch, chunk, channels_last, args.budget, args.device)
-            name = f"chunk {chunk}, {'channels_last' if channels_last else 'contiguous'}"
+            measure(backbone, images, chunk, chunk, channels_last, 0.0, args.device, runner)  # warm-up
+            rate = measure(backbone, images, args.batch, chunk, channels_last, args.budget, args.device, runner)
+            name = f"{runtime}, chunk {chunk}, {'channels_last' if channels_last else 'contiguous'}"
             results[name] = round(rate, 1)
             print(
                 json.dumps(
