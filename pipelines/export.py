@@ -18,6 +18,8 @@ heads              heads.pt
 regions            heads.pt (the region scorer), backbone.json (geometry); warmup/ sample boxes
 moodwatch          (ensemble; empty version folder; contract + versions as config parameters)
 moodwatch_fused    backbone.json, backbone.pt, heads.pt, index/ (only when asked for: ``models=``)
+moodwatch_learned  as moodwatch_fused plus proposals.pt (the learned proposer); warmup/ an image size
+                   (only when asked for)
 =================  =============================================================================
 
 plus ``moodwatch_serving.py`` (request handling) next to each model.py, and ``export.json`` at
@@ -49,11 +51,11 @@ import torch
 
 from models.encoders import ImageBackbone, load_image_backbone
 from models.moodnet import MoodHeads
-from pipelines.analyze import ANALYZER_VERSION, analyzer_versions
+from pipelines.analyze import ANALYZER_VERSION, AnalyzerOptions, analyzer_versions
 from pipelines.checkpoints import load_heads
 from pipelines.evidence import EvidenceRanking
 from pipelines.onnx_backbone import export_backbone_onnx, onnxruntime_available
-from pipelines.regions import RegionSettings
+from pipelines.regions import DEFAULT_PROPOSER, RegionSettings, load_proposer, proposer_version
 from pipelines.retrieval import IndexMismatchError, SentenceDatabase
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +65,12 @@ TEMPLATES_DIR = Path(os.environ.get("MOODWATCH_TRITON_TEMPLATES") or PROJECT_ROO
 SHARED_FILE = "moodwatch_serving.py"
 ENSEMBLE = "moodwatch"
 FUSED = "moodwatch_fused"
+LEARNED = "moodwatch_learned"
 STAGE_MODELS = ("backbone", "retrieval", "heads", "regions")
-ALL_MODELS = (*STAGE_MODELS, ENSEMBLE, FUSED)
+ALL_MODELS = (*STAGE_MODELS, ENSEMBLE, FUSED, LEARNED)
 # What a deployment needs: the ensemble and its steps. The fused variant duplicates the backbone
-# (memory, load time) and is exported on request (`--model moodwatch_fused`, the bench does).
+# (memory, load time) and is exported on request (`--model moodwatch_fused`, the bench does), as is the
+# learned-proposal model (`--model moodwatch_learned`, for MOODWATCH_REGION_PROPOSALS=learned).
 DEFAULT_MODELS = (*STAGE_MODELS, ENSEMBLE)
 KINDS = ("cpu", "gpu")
 
@@ -78,8 +82,9 @@ ASSETS: dict[str, tuple[str, ...]] = {
     "regions": ("heads", "backbone_spec", "warmup"),
     ENSEMBLE: (),
     FUSED: ("backbone_spec", "backbone_state", "heads", "index", "warmup"),
+    LEARNED: ("backbone_spec", "backbone_state", "heads", "index", "proposer", "warmup_size"),
 }
-# With the python backend on a CPU profile, the backbone and fused models also get backbone.onnx
+# With the python backend on a CPU profile, the backbone, fused and learned models also get backbone.onnx
 # and run it through ONNX Runtime (pipelines/onnx_backbone.py); with --backbone-backend onnxruntime
 # the `backbone` model is the ONNX graph itself, served by Triton's onnxruntime backend.
 BACKBONE_BACKENDS = ("python", "onnxruntime")
@@ -111,8 +116,10 @@ PROFILES: dict[str, dict[str, Any]] = {
             "heads": ("KIND_CPU", 1),
             "regions": ("KIND_CPU", 1),
             FUSED: ("KIND_CPU", 1),
+            LEARNED: ("KIND_CPU", 1),
         },
-        "torch_threads": {"backbone": 0, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 0},  # 0 = torch default
+        # 0 = torch default
+        "torch_threads": {"backbone": 0, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 0, LEARNED: 0},
     },
     "gpu": {
         "max_batch_size": 64,
@@ -125,8 +132,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             "heads": ("KIND_GPU", 1),
             "regions": ("KIND_GPU", 1),
             FUSED: ("KIND_GPU", 2),
+            LEARNED: ("KIND_GPU", 2),
         },
-        "torch_threads": {"backbone": 2, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 2},
+        "torch_threads": {"backbone": 2, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 2, LEARNED: 2},
     },
 }
 
@@ -169,6 +177,9 @@ def export_repository(
     models: Iterable[str] | None = None,
     templates: str | os.PathLike[str] = TEMPLATES_DIR,
     backbone_backend: str = "python",
+    proposer_path: str | os.PathLike[str] | None = None,
+    regions_top_k: int = AnalyzerOptions().regions_top_k,
+    region_alpha: float = AnalyzerOptions().region_alpha,
 ) -> ExportResult:
     """Render the templates for ``kind`` into ``out_repo`` with the weights and index they need.
 
@@ -181,6 +192,9 @@ def export_repository(
     ``backbone_backend``: "python" (torch, or ONNX Runtime inside the python model on a CPU profile when
     onnxruntime is installed) or "onnxruntime" (Triton's onnxruntime backend, TensorRT FP16 on the GPU
     profile; needs the official tritonserver image).
+    ``proposer_path``, ``regions_top_k``, ``region_alpha``: the learned proposer checkpoint
+    (``pipelines.regions.load_proposer``; default the shipped one) and the AR top-K the `moodwatch_learned`
+    model returns (only read when that model is selected).
     """
     if kind not in KINDS:
         raise ExportError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -208,6 +222,8 @@ def export_repository(
     k = min(int(retrieval_k), len(database))
     m = min(max(int(candidates), k), len(database))  # evidence candidates, the first k of them read by the fusion
     max_regions = int(max_regions or RegionSettings().clusters)
+    proposer_file = Path(proposer_path or DEFAULT_PROPOSER).resolve()
+    region_proposals = _check_proposer(proposer_file, backbone, regions_top_k) if LEARNED in selected else None
     mbs = int(max_batch_size or profile["max_batch_size"])
 
     versions = analyzer_versions("triton", backbone.name, heads, database).model_dump()
@@ -236,9 +252,16 @@ def export_repository(
         "retrieval_k": k,
         "candidates": m,
         "max_regions": max_regions,
+        "regions_top_k": int(regions_top_k),
+        "region_alpha": float(region_alpha),
+        "region_proposals": region_proposals,
         "contract_parameters": _parameters(
-            {
-                **{f"moodwatch.{key}": value for key, value in versions.items() if key != "backend"},
+            {  # region_proposals: set by the client (selective search) or by moodwatch_learned's own parameter
+                **{
+                    f"moodwatch.{key}": value
+                    for key, value in versions.items()
+                    if key not in ("backend", "region_proposals")
+                },
                 "moodwatch.retrieval_k": str(k),
                 "moodwatch.resize_mode": backbone.resize_mode,
                 "moodwatch.export_kind": kind,
@@ -252,7 +275,7 @@ def export_repository(
     staging.mkdir()
     files: dict[str, list[str]] = {}
     try:
-        assets = _Assets(staging, heads_file, database, backbone, spec, max_regions)
+        assets = _Assets(staging, heads_file, database, backbone, spec, max_regions, proposer_file)
         for name in selected:
             onnx_served = name == "backbone" and backbone_backend == "onnxruntime"
             template = templates / (ONNX_TEMPLATE if onnx_served else name)
@@ -289,6 +312,11 @@ def export_repository(
                     "image_encoder_spec": spec,
                     "heads_path": str(heads_file),
                     "index_dir": str(Path(index_dir).resolve()),
+                    **(
+                        {"proposer_path": str(proposer_file), "region_proposals": region_proposals}
+                        if region_proposals
+                        else {}
+                    ),
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 },
                 indent=2,
@@ -335,6 +363,23 @@ def _spec_of(backbone: ImageBackbone) -> str:
     return name.split("@", 1)[0]
 
 
+def _check_proposer(path: Path, backbone: ImageBackbone, top_k: int) -> str:
+    """The learned proposer fits the backbone's feature map: its version ("learned@..."), else ExportError."""
+    if top_k < 1:
+        raise ExportError(f"{LEARNED} returns the top regions_top_k regions; regions_top_k must be >= 1, got {top_k}")
+    if not path.is_file():
+        raise ExportError(f"no learned proposer at {path} (train one with `python -m pipelines.proposal_distill`)")
+    proposer = load_proposer(path)
+    cfg = proposer.config
+    if cfg["in_dim"] != backbone.feature_dim or tuple(cfg["feature_size"]) != tuple(backbone.spatial_size):
+        raise ExportError(
+            f"learned proposer {path} reads a {cfg['in_dim']}-channel {tuple(cfg['feature_size'])} feature map; "
+            f"backbone {backbone.name} gives {backbone.feature_dim} x {tuple(backbone.spatial_size)} "
+            f"(export {LEARNED} with a proposer trained on this backbone: --proposer PATH)"
+        )
+    return proposer_version(proposer)
+
+
 def _check_compatible(backbone: ImageBackbone, heads: MoodHeads, database: SentenceDatabase) -> None:
     cfg = heads.config
     problems = []
@@ -366,13 +411,14 @@ class _Assets:
         backbone: ImageBackbone,
         spec: str,
         max_regions: int,
+        proposer_file: Path,
     ) -> None:
         self.root, self.heads_file, self.database, self.backbone = root, heads_file, database, backbone
-        self.spec, self.max_regions = spec, max_regions
+        self.spec, self.max_regions, self.proposer_file = spec, max_regions, proposer_file
         self._first: dict[str, Path] = {}
 
     def write(self, asset: str, model_dir: Path) -> None:
-        target = model_dir / ("warmup" if asset == "warmup" else "1")
+        target = model_dir / ("warmup" if asset.startswith("warmup") else "1")
         source = self._first.get(asset)
         if source is not None:
             _link_tree(source, target, self._names(asset))
@@ -411,6 +457,10 @@ class _Assets:
             (target / "boxes").write_bytes(boxes.tobytes())
             (target / "box_count").write_bytes(count.tobytes())
             (target / "image_size").write_bytes(size.tobytes())
+        elif asset == "warmup_size":
+            (target / "image_size").write_bytes(warmup_boxes(1)[2].tobytes())
+        elif asset == "proposer":
+            shutil.copy2(self.proposer_file, target / "proposals.pt")
         else:  # pragma: no cover - ASSETS and this method are kept in step
             raise ExportError(f"unknown asset {asset}")
         self._first[asset] = target
@@ -424,6 +474,8 @@ class _Assets:
             "backbone_state": ["backbone.pt"],
             "backbone_onnx": ["backbone.onnx"],
             "warmup": ["boxes", "box_count", "image_size"],
+            "warmup_size": ["image_size"],
+            "proposer": ["proposals.pt"],
         }[asset]
 
 

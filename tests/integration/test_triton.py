@@ -2,8 +2,9 @@
 
 One server per module, on the repository that `moodwatch triton export` writes from tiny random
 models built here (tiny CNN backbone "tiny-random:0", MoodHeads 64/32/16, seed sentences encoded by
-the tiny BERT). It runs with --model-control-mode=explicit so a test can unload a model
-mid-stream. Tests that stop the server or unload a model put it back before they return.
+the tiny BERT, a random learned proposer for that backbone). It runs with --model-control-mode=explicit
+so a test can unload a model mid-stream; `moodwatch_learned` is loaded by the tests that use it. Tests
+that stop the server or unload a model put it back before they return.
 
 Region proposals are made deterministic here: OpenCV's selective search draws from libc rand()
 (measured: two calls on the same image give the same boxes in a different order, even after
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +41,12 @@ import pipelines.analyze as analyze_module
 import workers.adapters.triton_client as triton_backend_module
 from models.encoders import load_image_backbone, tiny_text_encoder
 from models.moodnet import HeadsConfig, MoodHeads
+from models.proposals import LearnedProposer
 from pipelines.analyze import AnalyzerOptions, LocalAnalyzer
 from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable
 from pipelines.checkpoints import load_heads, save_heads
-from pipelines.regions import region_candidates
+from pipelines.proposal_distill import save_proposer
+from pipelines.regions import load_proposer, proposer_version, region_candidates
 from pipelines.retrieval import SentenceDatabase, load_seed_sentences
 from pipelines.text import PostText
 from workers.adapters.triton_client import TritonAnalyzer, TritonOptions
@@ -52,6 +58,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = "tiny-random:0"
 OPTIONS = AnalyzerOptions(proposal_threads=1)
+LEARNED = "moodwatch_learned"
+LEARNED_OPTIONS = AnalyzerOptions(proposal_threads=1, proposals="learned")
 TOL = 1e-4
 
 
@@ -100,9 +108,11 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         heads = MoodHeads(HeadsConfig(image_dim=64, text_dim=32, hidden_dim=16)).eval()
+        proposer = LearnedProposer(64, load_image_backbone(BACKBONE).spatial_size, keep=20)
     heads_path = save_heads(heads, root / "heads" / "heads.pt", {"note": "tiny random heads for tests"})
+    proposer_path = save_proposer(proposer, root / "proposer" / "proposals.pt", {"note": "tiny random proposer"})
     SentenceDatabase.from_sentences(load_seed_sentences(), tiny_text_encoder(0)).save(root / "index")
-    return {"root": root, "heads": heads_path, "index": root / "index"}
+    return {"root": root, "heads": heads_path, "index": root / "index", "proposer": proposer_path}
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +136,10 @@ def exported_repo(tiny_assets) -> Path:
             BACKBONE,
             "--model",
             "moodwatch",
+            "--model",
+            LEARNED,
+            "--proposer",
+            str(tiny_assets["proposer"]),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -139,6 +153,7 @@ def exported_repo(tiny_assets) -> Path:
         "heads",
         "regions",
         "moodwatch",
+        LEARNED,
     ]
     return repo
 
@@ -167,6 +182,34 @@ def local_analyzer(tiny_assets):
         heads,
         SentenceDatabase.load(tiny_assets["index"]),
         OPTIONS,
+        text_encoder=tiny_text_encoder(0),
+    )
+    yield analyzer
+    analyzer.close()
+
+
+@pytest.fixture
+def learned_server(triton_server):
+    """The server with `moodwatch_learned` loaded too (loaded on first use; a restart of the server drops it)."""
+    client = triton_server.client()
+    try:
+        if not client.is_model_ready(LEARNED):
+            client.load_model(LEARNED)
+    finally:
+        client.close()
+    return triton_server
+
+
+@pytest.fixture(scope="module")
+def local_learned(tiny_assets):
+    """LocalAnalyzer's learned path with the exported proposer (fp16-stored weights, as the server loads them)."""
+    heads, _ = load_heads(tiny_assets["heads"])
+    analyzer = LocalAnalyzer(
+        load_image_backbone(BACKBONE),
+        heads,
+        SentenceDatabase.load(tiny_assets["index"]),
+        LEARNED_OPTIONS,
+        proposer=load_proposer(tiny_assets["proposer"]),
         text_encoder=tiny_text_encoder(0),
     )
     yield analyzer
@@ -218,13 +261,23 @@ def _assert_same(local, remote) -> None:
 def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets, tmp_path):
     from pipelines.export import ALL_MODELS, export_repository
 
-    cpu = export_repository(
-        tiny_assets["heads"], tiny_assets["index"], tmp_path / "cpu", "cpu", image_encoder=BACKBONE, models=ALL_MODELS
+    cpu, gpu = (
+        export_repository(
+            tiny_assets["heads"],
+            tiny_assets["index"],
+            tmp_path / kind,
+            kind,
+            image_encoder=BACKBONE,
+            models=ALL_MODELS,
+            proposer_path=tiny_assets["proposer"],
+        )
+        for kind in ("cpu", "gpu")
     )
-    gpu = export_repository(
-        tiny_assets["heads"], tiny_assets["index"], tmp_path / "gpu", "gpu", image_encoder=BACKBONE, models=ALL_MODELS
+    assert (
+        cpu.models
+        == gpu.models
+        == ["backbone", "retrieval", "heads", "regions", "moodwatch", "moodwatch_fused", LEARNED]
     )
-    assert cpu.models == gpu.models == ["backbone", "retrieval", "heads", "regions", "moodwatch", "moodwatch_fused"]
     for name in cpu.models:
         c = text_format.Parse((tmp_path / "cpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         g = text_format.Parse((tmp_path / "gpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -256,13 +309,43 @@ def test_export_renders_cpu_and_gpu_configs_from_the_same_templates(tiny_assets,
     assert (tmp_path / "cpu" / "retrieval" / "1" / "index" / "manifest.json").is_file()
     assert (tmp_path / "cpu" / "backbone" / "1" / "backbone.pt").is_file()
     # the CPU profile runs the backbone through ONNX Runtime inside the python model; the GPU one, torch
-    for name in ("backbone", "moodwatch_fused"):
+    for name in ("backbone", "moodwatch_fused", LEARNED):
         c = text_format.Parse((tmp_path / "cpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         g = text_format.Parse((tmp_path / "gpu" / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert c.parameters["backbone_runtime"].string_value == "onnxruntime"
         assert g.parameters["backbone_runtime"].string_value == "torch"
         assert (tmp_path / "cpu" / name / "1" / "backbone.onnx").is_file()
         assert not (tmp_path / "gpu" / name / "1" / "backbone.onnx").exists()
+    # moodwatch_learned: no boxes in, the top-K regions out, the proposer's version as a parameter
+    learned = text_format.Parse(
+        (tmp_path / "gpu" / LEARNED / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert [i.name for i in learned.input] == ["PIXELS", "IMAGE_SIZE", "POST_TEXT", "POST_TEXT_MASK"]
+    assert {o.name: list(o.dims) for o in learned.output if o.name.startswith("REGION_")} == {
+        "REGION_BOXES": [8, 4],
+        "REGION_OBJECTNESS": [8],
+        "REGION_DISTS": [8, 8],
+        "REGION_MASK": [8],
+    }
+    version = proposer_version(load_proposer(tiny_assets["proposer"]))
+    assert learned.parameters["moodwatch.region_proposals"].string_value == version
+    assert learned.parameters["moodwatch.heads"].string_value == cpu.versions["heads"]
+    assert learned.parameters["regions_top_k"].string_value == "8"
+    assert (tmp_path / "gpu" / LEARNED / "1" / "proposals.pt").read_bytes() == tiny_assets["proposer"].read_bytes()
+    assert np.frombuffer((tmp_path / "cpu" / LEARNED / "warmup" / "image_size").read_bytes(), np.int32).tolist() == [
+        640,
+        480,
+    ]
+
+
+def test_export_refuses_a_proposer_for_another_feature_map(tiny_assets, tmp_path):
+    from pipelines.export import ExportError, export_repository
+
+    args = (tiny_assets["heads"], tiny_assets["index"], tmp_path / "repo", "cpu")
+    with pytest.raises(ExportError, match=r"reads a 1280-channel .* backbone tiny-random-cnn@0 gives 64"):
+        export_repository(*args, image_encoder=BACKBONE, models=[LEARNED])  # the shipped EfficientNet proposer
+    assert not (tmp_path / "repo").exists()
+    export_repository(*args, image_encoder=BACKBONE)  # the proposer is only read for moodwatch_learned
 
 
 def test_export_for_the_onnxruntime_backend_keeps_the_backbone_contract(tiny_assets, tmp_path):
@@ -378,6 +461,75 @@ def test_a_bad_request_fails_alone_with_a_per_request_error(triton_server, trito
     # The client maps a rejected input to AnalysisFailed (the worker dead-letters only that post).
     exc = triton_analyzer._translate(results["bad"], "INTERNAL", 1, 1)
     assert isinstance(exc, AnalysisFailed)
+
+
+def test_learned_model_gives_the_local_learned_analysis(local_learned, learned_server):
+    """moodwatch_learned: proposals, RoI-align, region scores and the AR top-K on the server, nothing on the client."""
+    log = Path(learned_server.log_path).read_text(errors="replace")
+    assert re.search(rf"moodwatch {LEARNED}: loaded .*backbone runtime onnxruntime", log)
+    options = TritonOptions(url=learned_server.grpc_url, model=LEARNED, timeout_s=60)
+    remote = TritonAnalyzer(options, LEARNED_OPTIONS, tiny_text_encoder(0))
+    split = TritonAnalyzer(replace(options, max_request_images=2), LEARNED_OPTIONS, tiny_text_encoder(0))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(triton_backend_module, "region_candidates", _no_selective_search)
+            local = local_learned.analyze(IMAGES)
+            _assert_same(local, remote.analyze(IMAGES))
+            assert any(a.regions for a in local) and not local[-1].regions  # 20 x 30 px: no box passes the filters
+            texts = [PostText(TEXTS[i % len(TEXTS)]) if i % 2 else None for i in range(len(IMAGES))]
+            local = local_learned.analyze(IMAGES, texts)
+            _assert_same(local, remote.analyze(IMAGES, texts))
+            _assert_same(local[:5], split.analyze(IMAGES[:5], texts[:5]))
+        assert [a.text_influence.status for a in local[:2]] == ["no_text", "used"]
+        assert remote.connect().learned and remote.connect().top_k == 8
+        lv, tv = local_learned.versions.model_dump(), remote.versions.model_dump()
+        assert (lv.pop("backend"), tv.pop("backend")) == ("local", "triton")
+        assert lv == tv and tv["region_proposals"] == proposer_version(local_learned.proposer)
+        assert tv["region_proposals"].startswith("learned@")
+        status = subprocess.run(
+            [sys.executable, "-m", "workers.cli", "triton", "status", "--url", options.url, "--model", LEARNED],
+            cwd=ROOT,
+            env={**os.environ, "MOODWATCH_REGION_PROPOSALS": "learned"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout[status.stdout.index("{") :])["region_proposals"] == tv["region_proposals"]
+    finally:
+        remote.close()
+        split.close()
+
+
+def test_a_client_and_a_model_with_other_region_proposals_are_refused_at_connect(learned_server):
+    url = learned_server.grpc_url
+    for model, options, asked in ((LEARNED, OPTIONS, "selective_search"), ("moodwatch", LEARNED_OPTIONS, "learned")):
+        analyzer = TritonAnalyzer(TritonOptions(url=url, model=model), options)
+        try:
+            with pytest.raises(
+                BackendUnavailable, match=rf"MOODWATCH_REGION_PROPOSALS={asked}, but .*MOODWATCH_TRITON_MODEL"
+            ):
+                analyzer.connect()
+        finally:
+            analyzer.close()
+    more = TritonAnalyzer(TritonOptions(url=url, model=LEARNED), replace(LEARNED_OPTIONS, regions_top_k=9))
+    try:
+        with pytest.raises(BackendUnavailable, match=r"MOODWATCH_REGIONS_TOP_K=9, but .* top 8 regions"):
+            more.connect()
+    finally:
+        more.close()
+    for model in (LEARNED, "moodwatch"):  # without regions either model serves either client
+        for options in (OPTIONS, LEARNED_OPTIONS):
+            analyzer = TritonAnalyzer(TritonOptions(url=url, model=model), replace(options, regions_enabled=False))
+            try:
+                (result,) = analyzer.analyze(IMAGES[:1])
+                assert not result.regions and analyzer.versions.region_proposals is None
+            finally:
+                analyzer.close()
+
+
+def _no_selective_search(*_args, **_kwargs):
+    raise AssertionError("the learned path must not run selective search on the client")
 
 
 # -- failure paths ----------------------------------------------------------------------------------------

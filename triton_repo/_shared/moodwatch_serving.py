@@ -47,6 +47,7 @@ BACKBONE_STATE = "backbone.pt"
 BACKBONE_ONNX = "backbone.onnx"  # optional: written by the CPU export when onnxruntime is installed
 HEADS_FILE = "heads.pt"
 INDEX_DIR = "index"
+PROPOSER_FILE = "proposals.pt"
 
 
 class BackboneGeometry:
@@ -319,6 +320,11 @@ class FusedStage(Stage):
         self._retrieve, self._heads = retrieval_stage, heads_stage
 
     def run(self, batch):
+        feat_map, outputs = self.global_outputs(batch)
+        return {**outputs, "REGION_DISTS": region_dists(self.heads, self.backbone, feat_map, batch)}
+
+    def global_outputs(self, batch) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """Backbone -> retrieval + heads: the feature map and the outputs every fused model returns."""
         feat_map, pooled = self.runner(
             normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"])))
         )
@@ -332,12 +338,46 @@ class FusedStage(Stage):
             self.tensor(batch["POST_TEXT"]).to(feat_map.dtype),
             self.tensor(batch["POST_TEXT_MASK"]).reshape(-1).bool(),
         )
-        return {
+        return feat_map, {
             **dict(zip(HEADS_OUTPUTS, (_np(t) for t in outputs))),
             "RETRIEVAL_SCORES": retrieval.scores,
             "RETRIEVAL_IDS": retrieval.ids,
             "EVIDENCE": self.evidence_json[retrieval.ids],
-            "REGION_DISTS": region_dists(self.heads, self.backbone, feat_map, batch),
+        }
+
+
+class LearnedStage(FusedStage):
+    """FusedStage with the regions proposed here: learned proposals from the feature map -> batched RoI-align
+    -> region scores -> AR top-K (pipelines.regions.learned_top_regions, LocalAnalyzer's learned path), so the
+    client sends no boxes and gets the top-K back."""
+
+    INPUTS = ("PIXELS", "IMAGE_SIZE", "POST_TEXT", "POST_TEXT_MASK")
+
+    def load(self) -> None:
+        from pipelines.regions import learned_top_regions, load_proposer, proposer_version
+
+        super().load()
+        self.proposer = load_proposer(self.folder / PROPOSER_FILE, self.device)
+        exported = self.params.get("moodwatch.region_proposals")
+        if proposer_version(self.proposer) != exported:
+            raise RuntimeError(f"{PROPOSER_FILE} is {proposer_version(self.proposer)}, exported as {exported}")
+        self.top_k, self.alpha = int(self.params["regions_top_k"]), float(self.params["region_alpha"])
+        self._top_regions = learned_top_regions
+
+    def run(self, batch):
+        sizes = self.tensor(batch["IMAGE_SIZE"]).long()
+        if bool((sizes < 1).any()):
+            raise ValueError(f"IMAGE_SIZE must be positive, got {batch['IMAGE_SIZE'].tolist()}")
+        feat_map, outputs = self.global_outputs(batch)
+        boxes, objectness, mask = self.proposer(feat_map, sizes)
+        top = self._top_regions(self.heads, feat_map, boxes, objectness, mask, self.top_k, self.alpha)
+        pad = self.top_k - top.mask.shape[1]  # the proposer keeps fewer candidates than K: masked slots
+        return {
+            **outputs,
+            "REGION_BOXES": _np(_pad_slots(top.boxes, pad)),
+            "REGION_OBJECTNESS": _np(_pad_slots(top.objectness, pad)),
+            "REGION_DISTS": _np(_pad_slots(top.dists, pad)),
+            "REGION_MASK": _pad_slots(top.mask, pad).cpu().numpy(),
         }
 
 
@@ -345,6 +385,13 @@ class FusedStage(Stage):
 
 
 HEADS_OUTPUTS = ("POLARITY", "POLARITY_NO_TEXT", "EMOTIONS", "EMOTIONS6")  # pipelines.analyze.heads_stage order
+
+
+def _pad_slots(t: torch.Tensor, slots: int) -> torch.Tensor:
+    """``slots`` more zero (False) entries along axis 1."""
+    if slots <= 0:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], slots, *t.shape[2:]))], dim=1)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -16,6 +16,12 @@ not change. Per micro-batch:
    distributions) go through ``pipelines.analyze.compose_analysis``, the very code LocalAnalyzer
    ends with, so both backends give the same ImageAnalysis.
 
+With ``MOODWATCH_REGION_PROPOSALS=learned`` the model is ``moodwatch_learned`` (recognised from its config: a
+REGION_BOXES output, no BOXES input): no proposals here, the request is PIXELS, IMAGE_SIZE and the post text, and
+the server returns the AR top-K regions, composed as LocalAnalyzer's learned path composes them
+(``top_regions_as_candidates`` -> ``compose_analysis``). A client whose proposal method is not the served
+model's is refused at connect (``BackendUnavailable``).
+
 Failure handling (the worker's contract, pipelines/analyzer_api.py):
 - server unreachable, model missing / not ready / unloaded, request timeout, server overloaded:
   ``BackendUnavailable`` with a message that says which and where. The worker keeps the batch,
@@ -55,9 +61,9 @@ from pipelines.analyze import (
     text_uses,
 )
 from pipelines.analyzer_api import AnalysisFailed, BackendUnavailable
-from pipelines.regions import RegionCandidates, region_candidates
+from pipelines.regions import RegionCandidates, TopRegions, region_candidates, top_regions_as_candidates
 from pipelines.retrieval import Sentence
-from pipelines.text import PostText
+from pipelines.text import PostText, TextUse
 from schemas.results import ImageAnalysis, ModelVersions
 from workers.common.logs import get_logger
 from workers.common.settings import TritonSettings
@@ -81,6 +87,18 @@ OUTPUTS = (
     "RETRIEVAL_SCORES",
     "EVIDENCE",
     "REGION_DISTS",
+)
+# moodwatch_learned: the regions are proposed and ranked on the server
+REGION_OUTPUTS = ("REGION_BOXES", "REGION_OBJECTNESS", "REGION_DISTS")  # TopRegions' first three fields
+LEARNED_INPUTS = {name: INPUTS[name] for name in ("PIXELS", "IMAGE_SIZE", "POST_TEXT", "POST_TEXT_MASK")}
+LEARNED_OUTPUTS = (
+    *HEADS_OUTPUTS,
+    "RETRIEVAL_SCORES",
+    "EVIDENCE",
+    "REGION_BOXES",
+    "REGION_OBJECTNESS",
+    "REGION_DISTS",
+    "REGION_MASK",
 )
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "NOT_FOUND", "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED", "UNKNOWN")
 _UNKNOWN = "unknown"
@@ -113,6 +131,17 @@ class ModelContract:
     text_dim: int
     max_batch_size: int
     versions: ModelVersions
+    learned: bool = False  # moodwatch_learned: regions proposed and ranked on the server
+    top_k: int = 0  # regions the learned model returns per image
+    region_proposals: str | None = None  # the learned model's proposer ("learned@<digest>")
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        return LEARNED_INPUTS if self.learned else INPUTS
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return LEARNED_OUTPUTS if self.learned else OUTPUTS
 
 
 class _NoBody(nn.Module):
@@ -197,8 +226,12 @@ class TritonAnalyzer:
 
     @property
     def versions(self) -> ModelVersions:
-        # region proposals run here, on the client, with selective search (the paper path)
-        proposals = "selective_search" if self.analyzer_options.regions_enabled else None
+        # selective search: the proposals run here, on the client (the paper path); learned: on the server
+        opts = self.analyzer_options
+        proposals = "selective_search" if opts.regions_enabled else None
+        if opts.proposals == "learned":
+            learned = self._contract.region_proposals if self._contract is not None else _UNKNOWN
+            proposals = learned if opts.regions_enabled and opts.regions_top_k > 0 else None
         if self._contract is not None:
             return self._contract.versions.model_copy(update={"region_proposals": proposals})
         return ModelVersions(
@@ -222,6 +255,8 @@ class TritonAnalyzer:
         opts = replace(self.analyzer_options, retrieval_k=contract.retrieval_k)  # what the server's fusion reads
         uses = text_uses(texts, len(images), opts.text_languages, readable=self.text_encoder is not None)
         want_regions = opts.regions_enabled and opts.regions_top_k > 0
+        if contract.learned:
+            return self._analyze_learned(contract, images, uses, opts, want_regions, started)
         pending = (
             [self._proposals.submit(region_candidates, img, opts.region) for img in images] if want_regions else []
         )
@@ -259,17 +294,13 @@ class TritonAnalyzer:
         outputs = self._infer_batch(contract, arrays)
         answered = time.perf_counter()
 
-        global_outputs = GlobalOutputs(
-            *(torch.from_numpy(np.array(outputs[name], dtype=np.float32)) for name in HEADS_OUTPUTS),
-            retrieval_scores=outputs["RETRIEVAL_SCORES"],
-            retrieval_ids=np.zeros(outputs["RETRIEVAL_SCORES"].shape, np.int64),  # the sentences come as EVIDENCE
-        )
+        global_outputs = _global_outputs(outputs)
         results = []
         for i, image in enumerate(images):
             height, width = image.shape[:2]
             count = int(counts[i, 0])
             dists = torch.from_numpy(np.array(outputs["REGION_DISTS"][i, :count], dtype=np.float32)) if count else None
-            evidence = [Sentence.from_json(json.loads(_text(raw))) for raw in outputs["EVIDENCE"][i]]
+            evidence = _evidence(outputs, i)
             results.append(
                 compose_analysis(global_outputs, i, dists, candidates[i], evidence, width, height, opts, uses[i])
             )
@@ -277,6 +308,52 @@ class TritonAnalyzer:
             "resize": resized - started,  # proposals run meanwhile in the pool
             "proposals_wait": proposed - resized,
             "triton_request": answered - proposed,
+            "compose": time.perf_counter() - answered,
+        }
+        return results
+
+    def _analyze_learned(
+        self,
+        contract: ModelContract,
+        images: list[np.ndarray],
+        uses: list[TextUse | None],
+        opts: AnalyzerOptions,
+        want_regions: bool,
+        started: float,
+    ) -> list[ImageAnalysis]:
+        """moodwatch_learned: one request with no boxes; the top-K regions come back with the global outputs."""
+        try:
+            pixels = self._resize(contract, images)
+        except (TypeError, ValueError) as exc:
+            raise AnalysisFailed(f"cannot preprocess image: {exc}") from exc
+        resized = time.perf_counter()
+        sizes = np.array([(image.shape[1], image.shape[0]) for image in images], dtype=np.int32)
+        post_text, post_mask = text_stage(self.text_encoder, [u.text if u else None for u in uses], contract.text_dim)
+        arrays = {
+            "PIXELS": pixels,
+            "IMAGE_SIZE": sizes,
+            "POST_TEXT": post_text.numpy(),
+            "POST_TEXT_MASK": post_mask.numpy().reshape(len(images), 1),
+        }
+        outputs = self._infer_batch(contract, arrays)
+        answered = time.perf_counter()
+
+        global_outputs = _global_outputs(outputs)
+        top = TopRegions(
+            *(torch.from_numpy(np.array(outputs[name], dtype=np.float32)) for name in REGION_OUTPUTS),
+            mask=torch.from_numpy(np.array(outputs["REGION_MASK"], dtype=bool)),
+        )
+        results = []
+        for i, (width, height) in enumerate(sizes.tolist()):
+            candidates, dists = top_regions_as_candidates(top, i, width, height) if want_regions else (None, None)
+            results.append(
+                compose_analysis(
+                    global_outputs, i, dists, candidates, _evidence(outputs, i), width, height, opts, uses[i]
+                )
+            )
+        self.last_stage_seconds = {
+            "resize": resized - started,
+            "triton_request": answered - resized,
             "compose": time.perf_counter() - answered,
         }
         return results
@@ -338,9 +415,36 @@ class TritonAnalyzer:
                 raise BackendUnavailable(
                     f"Triton server at {url}: cannot read the config of {model!r} ({_short(exc)})"
                 ) from exc
-            self._contract = parse_contract(config, model, url)
+            contract = parse_contract(config, model, url)
+            self._check_proposals(contract)
+            self._contract = contract
             self._resizer = None
             return self._contract
+
+    def _check_proposals(self, contract: ModelContract) -> None:
+        """The served model proposes regions the way the settings ask (either model serves an analysis without
+        regions)."""
+        opts = self.analyzer_options
+        if not (opts.regions_enabled and opts.regions_top_k > 0):
+            return
+        where = f"model {contract.model!r} on Triton at {self.options.url}"
+        if opts.proposals == "learned" and not contract.learned:
+            raise BackendUnavailable(
+                f"MOODWATCH_REGION_PROPOSALS=learned, but {where} takes boxes proposed by the worker (selective "
+                f"search); set MOODWATCH_TRITON_MODEL=moodwatch_learned (export it with `moodwatch triton export "
+                f"--model moodwatch_learned`) or MOODWATCH_REGION_PROPOSALS=selective_search"
+            )
+        if opts.proposals != "learned" and contract.learned:
+            raise BackendUnavailable(
+                f"MOODWATCH_REGION_PROPOSALS={opts.proposals}, but {where} proposes the regions itself "
+                f"({contract.region_proposals}); set MOODWATCH_REGION_PROPOSALS=learned, or MOODWATCH_TRITON_MODEL "
+                f"to a model that takes boxes (the `moodwatch` ensemble)"
+            )
+        if contract.learned and opts.regions_top_k > contract.top_k:
+            raise BackendUnavailable(
+                f"MOODWATCH_REGIONS_TOP_K={opts.regions_top_k}, but {where} returns the top {contract.top_k} regions; "
+                f"re-export it with MOODWATCH_REGIONS_TOP_K={opts.regions_top_k} (MOODWATCH_TRITON_MODEL={contract.model})"
+            )
 
     def _model_missing_message(self) -> str:
         url, model = self.options.url, self.options.model
@@ -378,16 +482,16 @@ class TritonAnalyzer:
             parts = [self._infer(contract, chunks[0])]
         else:
             parts = [f.result() for f in [self._requests.submit(self._infer, contract, c) for c in chunks]]
-        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUTS}
+        return {name: np.concatenate([p[name] for p in parts]) for name in contract.outputs}
 
     def _infer(self, contract: ModelContract, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         grpc = self._grpc
         inputs = []
-        for name, dtype in INPUTS.items():
+        for name, dtype in contract.inputs.items():
             tensor = grpc.InferInput(name, list(arrays[name].shape), dtype)
             tensor.set_data_from_numpy(np.ascontiguousarray(arrays[name]))
             inputs.append(tensor)
-        outputs = [grpc.InferRequestedOutput(name) for name in OUTPUTS]
+        outputs = [grpc.InferRequestedOutput(name) for name in contract.outputs]
         attempts = max(1, self.options.retry_attempts)
         delay = self.options.retry_backoff_s
         for attempt in range(1, attempts + 1):
@@ -395,7 +499,7 @@ class TritonAnalyzer:
                 result = self._client.infer(
                     contract.model, inputs, outputs=outputs, client_timeout=self.options.timeout_s
                 )
-                return {name: result.as_numpy(name) for name in OUTPUTS}
+                return {name: result.as_numpy(name) for name in contract.outputs}
             except Exception as exc:
                 status = _status(exc)
                 if status == "UNAVAILABLE" and attempt < attempts:
@@ -435,21 +539,24 @@ class TritonAnalyzer:
 def parse_contract(config: dict[str, Any], model: str, url: str) -> ModelContract:
     """The client contract from a model config (as_json): input/output names, dims, parameters."""
     inputs = {i["name"]: i for i in config.get("input", [])}
-    outputs = {o["name"] for o in config.get("output", [])}
-    missing = [n for n in INPUTS if n not in inputs] + [n for n in OUTPUTS if n not in outputs]
+    outputs = {o["name"]: o for o in config.get("output", [])}
+    learned = "REGION_BOXES" in outputs and "BOXES" not in inputs
+    wanted_inputs, wanted_outputs = (LEARNED_INPUTS, LEARNED_OUTPUTS) if learned else (INPUTS, OUTPUTS)
+    missing = [n for n in wanted_inputs if n not in inputs] + [n for n in wanted_outputs if n not in outputs]
     if missing:
         raise BackendUnavailable(
             f"model {model!r} on Triton at {url} is not a moodwatch model (missing {', '.join(missing)}); "
-            f"set MOODWATCH_TRITON_MODEL to the exported `moodwatch` ensemble"
+            f"set MOODWATCH_TRITON_MODEL to the exported `moodwatch` ensemble (or `moodwatch_learned`)"
         )
     params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
     pixel_dims = [int(d) for d in inputs["PIXELS"]["dims"]]
-    box_dims = [int(d) for d in inputs["BOXES"]["dims"]]
+    box_dims = [int(d) for d in (outputs["REGION_BOXES"] if learned else inputs["BOXES"])["dims"]]
     if len(pixel_dims) != 3 or pixel_dims[0] != 3 or min(pixel_dims) < 1 or len(box_dims) != 2 or box_dims[1] != 4:
+        boxes = "REGION_BOXES" if learned else "BOXES"
         raise BackendUnavailable(
-            f"model {model!r} on Triton at {url}: unexpected PIXELS {pixel_dims} / BOXES {box_dims} dims"
+            f"model {model!r} on Triton at {url}: unexpected PIXELS {pixel_dims} / {boxes} {box_dims} dims"
         )
-    candidates = int(next((o["dims"][0] for o in config["output"] if o["name"] == "RETRIEVAL_SCORES"), 0))
+    candidates = int(outputs["RETRIEVAL_SCORES"]["dims"][0])
     k = int(params.get("moodwatch.retrieval_k") or candidates)
     versions = ModelVersions(
         analyzer=params.get("moodwatch.analyzer", ANALYZER_VERSION),
@@ -463,13 +570,28 @@ def parse_contract(config: dict[str, Any], model: str, url: str) -> ModelContrac
         model=model,
         input_size=(pixel_dims[1], pixel_dims[2]),
         resize_mode=params.get("moodwatch.resize_mode", "bicubic"),
-        max_regions=box_dims[0],
+        max_regions=0 if learned else box_dims[0],
         retrieval_k=k,
         candidates=candidates,
         text_dim=int(inputs["POST_TEXT"]["dims"][0]),
         max_batch_size=max(1, int(config.get("max_batch_size", 1) or 1)),
         versions=versions,
+        learned=learned,
+        top_k=box_dims[0] if learned else 0,
+        region_proposals=params.get("moodwatch.region_proposals", _UNKNOWN) if learned else None,
     )
+
+
+def _global_outputs(outputs: dict[str, np.ndarray]) -> GlobalOutputs:
+    return GlobalOutputs(
+        *(torch.from_numpy(np.array(outputs[name], dtype=np.float32)) for name in HEADS_OUTPUTS),
+        retrieval_scores=outputs["RETRIEVAL_SCORES"],
+        retrieval_ids=np.zeros(outputs["RETRIEVAL_SCORES"].shape, np.int64),  # the sentences come as EVIDENCE
+    )
+
+
+def _evidence(outputs: dict[str, np.ndarray], i: int) -> list[Sentence]:
+    return [Sentence.from_json(json.loads(_text(raw))) for raw in outputs["EVIDENCE"][i]]
 
 
 def _cap(candidates: RegionCandidates | None, limit: int) -> RegionCandidates | None:

@@ -1,12 +1,13 @@
 """`moodwatch triton ...`: export the model repository, serve it locally, check a server.
 
     moodwatch triton export --repo artifacts/triton_repo [--kind gpu] [--heads PATH] [--index DIR]
+    moodwatch triton export --repo artifacts/triton_repo --model moodwatch_learned [--proposer PATH]
     moodwatch triton serve --repo artifacts/triton_repo [--grpc-port 8001]    # foreground, Ctrl-C stops
     moodwatch triton status [--url 127.0.0.1:8001]
 
 Defaults come from the MOODWATCH_* settings: heads_path (falling back to the shipped heads),
 index_dir (default: the seed-sentence index, built on first use), image_encoder, retrieval_k,
-triton_url, triton_model.
+regions_top_k, triton_url, triton_model.
 """
 
 from __future__ import annotations
@@ -66,7 +67,14 @@ def export(
     model: Optional[list[str]] = typer.Option(
         None,
         "--model",
-        help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the one-model variant)",
+        help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the "
+        "one-model variant, moodwatch_learned for the one model with learned region proposals)",
+    ),
+    proposer: Optional[Path] = typer.Option(
+        None,
+        "--proposer",
+        help="learned proposer checkpoint for moodwatch_learned (default: models/weights/proposals.pt); its top "
+        "MOODWATCH_REGIONS_TOP_K regions are returned",
     ),
     backbone_backend: str = typer.Option(
         "python",
@@ -98,6 +106,8 @@ def export(
             max_batch_size=max_batch_size,
             models=model or None,
             backbone_backend=backbone_backend,
+            proposer_path=proposer,
+            regions_top_k=settings.regions_top_k,
         )
     except (ExportError, CheckpointError, IndexMismatchError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -161,9 +171,11 @@ def status(
     """Is the server live, is the model ready, what does it serve (exit 1 when not ready)."""
     from pipelines.analyzer_api import BackendUnavailable
     from workers.adapters.triton_client import TritonAnalyzer
+    from workers.analyzer.backends import analyzer_options
 
     settings = _settings(triton_url=url, triton_model=model)
-    analyzer = TritonAnalyzer.from_settings(settings, connect=False)
+    # the worker's options: a model that proposes regions otherwise than MOODWATCH_REGION_PROPOSALS is not ready
+    analyzer = TritonAnalyzer.from_settings(settings, analyzer_options(settings), connect=False)
     try:
         contract = analyzer.connect()
     except BackendUnavailable as exc:
@@ -178,6 +190,8 @@ def status(
                 "model": contract.model,
                 "input_size": contract.input_size,
                 "max_regions": contract.max_regions,
+                "regions_top_k": contract.top_k if contract.learned else None,
+                "region_proposals": contract.region_proposals if contract.learned else "selective_search (worker)",
                 "retrieval_k": contract.retrieval_k,
                 "max_batch_size": contract.max_batch_size,
                 "versions": contract.versions.model_dump(),
