@@ -1,12 +1,14 @@
 """`make bench` / `python -m workers.devstack.bench`: throughput and latency of the ways to run the analysis.
 
 One table, rows:
-(a) backbone  the ceiling: preprocess + EfficientNet-Lite0 alone, same micro-batches and chunking as (c)
+(a) backbone  the ceiling: preprocess + EfficientNet-Lite0 alone, same micro-batches, chunking and runtime
+              (MOODWATCH_BACKBONE_RUNTIME: ONNX Runtime on a CPU) as (c); plus the eager torch backbone for reference
 (b) today     the LocalAnalyzer with selective-search proposals (per image, OpenCV thread pool)
 (c) learned   the LocalAnalyzer with learned proposals (one batched tensor program per micro-batch)
 (d) worker    the real worker end to end on a local tansu + noida-db (workers/devstack/bench_worker.py):
               posts/s draining a backlog, p50/p99 produced -> stored at half that rate
-(e) triton    the Triton rows below (still the selective-search path on the client)
+(e) triton    a local tritonserver, `--clients` concurrent clients: `moodwatch_learned` (the learned path
+              as one model per micro-batch), then the selective-search `moodwatch` ensemble and `moodwatch_fused`
 then the ratios c/a, c/b and d/a. The older rows follow with --naive:
 
 (naive)   the pipeline as the papers describe it, one image at a time: every encoder runs on its
@@ -490,13 +492,13 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
         "cpu",
         image_encoder=models.image_encoder,
         max_batch_size=max(32, args.batch),
-        models=["moodwatch", "moodwatch_fused"],
+        models=["moodwatch", "moodwatch_fused", "moodwatch_learned"],
     )
     server = TritonServer(
         repo,
         log_dir=workdir / "triton-logs",
         model_control="explicit",
-        load_models=["moodwatch", "moodwatch_fused"],
+        load_models=["moodwatch_learned", "moodwatch", "moodwatch_fused"],
         ready_timeout_s=max(60.0, deadline - time.monotonic() - 60),
     )
     t0 = time.perf_counter()
@@ -504,7 +506,7 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
     startup = time.perf_counter() - t0
     client = server.client()
     try:
-        for model in ("moodwatch", "moodwatch_fused"):
+        for model in ("moodwatch_learned", "moodwatch", "moodwatch_fused"):
             remaining = deadline - time.monotonic()
             if remaining < 20:
                 records.append(
@@ -512,14 +514,14 @@ def run_triton(models: Models, images: list[np.ndarray], args, workdir: Path, de
                 )
                 continue
             budget = min(args.budget, remaining - 10)
-            options = AnalyzerOptions()
+            options = AnalyzerOptions(proposals="learned" if model == "moodwatch_learned" else "selective_search")
             analyzers = [
                 TritonAnalyzer(TritonOptions(url=server.grpc_url, model=model, timeout_s=300), options)
                 for _ in range(args.clients)
             ]
             try:
                 analyzers[0].analyze(images[:2])  # warm the path
-                watched = [model] if model == "moodwatch_fused" else [*STAGE_MODELS, model]
+                watched = [*STAGE_MODELS, model] if model == "moodwatch" else [model]
                 before = _server_stats(client, watched)
                 clock = StageClock()
                 load = _load()
@@ -627,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny random models (a smoke test of the bench itself)")
     parser.add_argument("--naive", action="store_true", help="also run the paper's one-image-at-a-time pipeline")
     parser.add_argument("--skip-worker", action="store_true", help="skip (d), the worker end to end")
-    parser.add_argument("--worker-posts", type=int, default=256, help="(d): backlog drained at the maximum rate")
+    parser.add_argument("--worker-posts", type=int, default=512, help="(d): backlog drained at the maximum rate")
     parser.add_argument("--worker-seconds", type=float, default=20.0, help="(d): seconds produced at half that rate")
     parser.add_argument(
         "--chunk", type=int, default=0, help="backbone chunk of (a), (c) and (d) (MOODWATCH_BACKBONE_CHUNK; 0 = all)"
@@ -724,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpu.close()
             models.backbone.to("cpu")
 
-        # (c) triton
+        # (e) triton
         if not args.skip_triton:
             if deadline - time.monotonic() < 90:
                 emit({"config": "e-triton", "skipped": "time budget spent"})

@@ -1,7 +1,7 @@
 """`make bench-gpu`: the learned-proposal analysis on an NVIDIA GPU at micro-batches 64 and 256 (fp16).
 
-Prints one JSON line per micro-batch (posts/s, p50/p99 of a post = the wall time of its micro-batch) and a
-table. ``--dry-run`` runs the same code on the CPU with small batches, fp32 and short budgets, to prove the
+Prints one JSON line per micro-batch (posts/s, p50/p99 of a post = the wall time of its micro-batch), for the
+local CUDA path and for `moodwatch_learned` on a local tritonserver, and a table. ``--dry-run`` runs the same code on the CPU with small batches, fp32 and short budgets, to prove the
 command works end to end on a machine without a GPU. Finishes in under 6 minutes (``--total``).
 
     python -m workers.devstack.bench_gpu [--dry-run] [--batches 64 256] [--budget 40]
@@ -75,19 +75,68 @@ def main(argv: list[str] | None = None) -> int:
                 row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
             print(json.dumps(row), flush=True)
             rows.append(row)
-        print(
-            "\ntriton on the GPU: not measured by this command yet (the Triton repository still runs the "
-            "selective-search path through python-backend models)"
-        )
+        analyzer.close()
+        if time.monotonic() - started < args.total - 60:
+            rows += triton_rows(models, images, batches, budget, device, workdir, started + args.total)
         print("\nbackend  device  precision  micro-batch  posts/s  p50 ms  p99 ms")
         for r in rows:
             print(
-                f"local    {r['device']}  {r['precision']}  {r['batch']}  {r['posts_per_s']}  "
+                f"{r.get('backend', 'local'):7s}  {r['device']}  {r['precision']}  {r['batch']}  {r['posts_per_s']}  "
                 f"{r['latency_ms']['p50']}  {r['latency_ms']['p99']}"
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def triton_rows(models, images, batches, budget, device, workdir: Path, deadline: float) -> list[dict]:
+    """`moodwatch_learned` on a local tritonserver (GPU instances on a GPU), one client, the same micro-batches.
+    The python-backend model runs fp32 torch on the GPU (the CPU export: ONNX Runtime)."""
+    from pipelines.export import export_repository
+    from workers.adapters.triton_client import TritonAnalyzer, TritonOptions
+    from workers.devstack.triton_server import TritonServer
+
+    repo = workdir / "triton_repo"
+    kind = "gpu" if device == "cuda" else "cpu"
+    export_repository(
+        models.heads_path,
+        models.index_dir,
+        repo,
+        kind,
+        image_encoder=models.image_encoder,
+        max_batch_size=max(batches),
+        models=["moodwatch_learned"],
+    )
+    server = TritonServer(
+        repo, log_dir=workdir / "triton-logs", model_control="explicit", load_models=["moodwatch_learned"]
+    )
+    server.start()
+    rows = []
+    options = TritonOptions(url=server.grpc_url, model="moodwatch_learned", timeout_s=300)
+    analyzer = TritonAnalyzer(options, AnalyzerOptions(proposals="learned"))
+    try:
+        for batch in batches:
+            if time.monotonic() > deadline - 20:
+                print(json.dumps({"backend": "triton", "batch": batch, "skipped": "time budget spent"}), flush=True)
+                continue
+            analyzer.analyze(images[:1] * batch)  # warm-up
+            posts, seconds, lat = run_batches(analyzer.analyze, images, batch, budget)
+            row = {
+                "backend": "triton",
+                "device": f"{kind} instances" + ("" if device == "cuda" else " (dry run)"),
+                "precision": "fp32",
+                "batch": batch,
+                "posts": posts,
+                "posts_per_s": round(posts / seconds, 1),
+                "latency_ms": _percentiles(lat),
+                "region_proposals": analyzer.versions.region_proposals,
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        analyzer.close()
+        server.stop()
+    return rows
 
 
 if __name__ == "__main__":

@@ -74,8 +74,14 @@ def run_worker_bench(
             producer.send(settings.posts_topic, key=key.encode(), value=value)
         producer.flush()
         worker.subscribe()
-        warm = worker.poll_batch()  # group join + first batch (model warm-up) not counted
-        first = worker.process(warm).processed if warm else 0
+        # group join + first batch (model warm-up) not counted: the first polls may return nothing while
+        # the group assigns partitions, so wait for a batch that was actually processed
+        first, warm_deadline = 0, time.monotonic() + 120.0
+        while first == 0 and time.monotonic() < warm_deadline:
+            warm = worker.poll_batch()
+            if warm:
+                report = worker.process(warm)
+                first = report.processed + report.dead_lettered
         t0 = time.monotonic()
         done, _ = _drain(worker, posts - first, None, 300.0)
         max_rate = done / (time.monotonic() - t0)

@@ -229,7 +229,14 @@ def start_local_triton(
             load_database(settings)  # builds the default seed index on first use
         index_dir = settings.index_dir or default_index_dir(settings.artifacts_dir)
         export_repository(
-            heads_path, index_dir, repo, kind, image_encoder=settings.image_encoder, retrieval_k=settings.retrieval_k
+            heads_path,
+            index_dir,
+            repo,
+            kind,
+            image_encoder=settings.image_encoder,
+            retrieval_k=settings.retrieval_k,
+            regions_top_k=settings.regions_top_k,
+            models=None if settings.triton_model == "moodwatch" else [settings.triton_model],
         )
     server = TritonServer(
         repo,
