@@ -7,6 +7,7 @@ top-8 boxes matched at IoU >= 0.5 by the learned path's own top-8 (after AR sele
 candidates before selection.
 
     python -m pipelines.proposal_distill --teacher artifacts/proposals/teacher-twitter1.npz
+    python -m pipelines.proposal_distill --teacher ... --recall-only    # measure the shipped proposer only
 """
 
 from __future__ import annotations
@@ -116,15 +117,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=float, default=0.2)
+    parser.add_argument(
+        "--recall-only",
+        action="store_true",
+        help="train nothing: print the teacher recall of the proposer at --out on the held-out images",
+    )
     args = parser.parse_args()
     from pipelines.checkpoints import load_heads
+    from pipelines.regions import load_proposer
 
     cache = TeacherCache.load(args.teacher)
     perm = np.random.default_rng(args.seed).permutation(len(cache.names))
     n_test = int(len(perm) * args.held_out)
     train, test = cache.subset(np.sort(perm[n_test:])), cache.subset(np.sort(perm[:n_test]))
-    model = train_proposer(train, epochs=args.epochs, seed=args.seed)
     heads, _ = load_heads(args.heads)
+    if args.recall_only:
+        recall = teacher_recall(load_proposer(args.out), heads, test)
+        print(json.dumps({"proposer": str(args.out), "held_out_images": len(test.names), **recall}, indent=2))
+        return
+    model = train_proposer(train, epochs=args.epochs, seed=args.seed)
     recall = teacher_recall(model, heads, test)
     card = {
         "created_at": datetime.now(UTC).isoformat(),
