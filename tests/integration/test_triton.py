@@ -506,6 +506,7 @@ def test_a_client_and_a_model_with_other_region_proposals_are_refused_at_connect
     for model, options, asked in ((LEARNED, OPTIONS, "selective_search"), ("moodwatch", LEARNED_OPTIONS, "learned")):
         analyzer = TritonAnalyzer(TritonOptions(url=url, model=model), options)
         try:
+            assert not analyzer.ready()  # /readyz: every batch would be refused
             with pytest.raises(
                 BackendUnavailable, match=rf"MOODWATCH_REGION_PROPOSALS={asked}, but .*MOODWATCH_TRITON_MODEL"
             ):
@@ -522,6 +523,7 @@ def test_a_client_and_a_model_with_other_region_proposals_are_refused_at_connect
         for options in (OPTIONS, LEARNED_OPTIONS):
             analyzer = TritonAnalyzer(TritonOptions(url=url, model=model), replace(options, regions_enabled=False))
             try:
+                assert analyzer.ready()
                 (result,) = analyzer.analyze(IMAGES[:1])
                 assert not result.regions and analyzer.versions.region_proposals is None
             finally:

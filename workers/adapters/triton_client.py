@@ -359,13 +359,15 @@ class TritonAnalyzer:
         return results
 
     def ready(self) -> bool:
-        """Server live and the model ready (for /readyz); never raises."""
+        """Server live, the model ready and its contract one this worker can use (for /readyz: a model
+        whose region proposals differ from MOODWATCH_REGION_PROPOSALS would refuse every batch); never raises."""
         timeout = self.options.connect_timeout_s
         try:
-            return bool(
+            live = bool(
                 self._client.is_server_live(client_timeout=timeout)
                 and self._client.is_model_ready(self.options.model, client_timeout=timeout)
             )
+            return live and self.connect() is not None
         except Exception:  # noqa: BLE001 - readiness is a yes/no question
             return False
 
