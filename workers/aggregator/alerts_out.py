@@ -186,7 +186,7 @@ class WebhookSender:
         retrying = Retrying(
             retry=retry_if_exception_type(_Retryable),
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s),
+            wait=wait_exponential_jitter(multiplier=self.backoff_initial_s, max=self.backoff_max_s),
             sleep=self._sleep,
             before_sleep=lambda state: log.warning(
                 "alert_webhook_retry",
