@@ -32,7 +32,9 @@ __all__ = [
     "BackboneRuntimeError",
     "OnnxBackbone",
     "backbone_digest",
+    "backbone_runner",
     "check_parity",
+    "checked_onnx_runner",
     "export_backbone_onnx",
     "ensure_backbone_onnx",
     "onnxruntime_available",
@@ -168,3 +170,20 @@ def check_parity(
     if not diff <= atol:
         raise BackboneRuntimeError(f"ONNX Runtime backbone differs from torch by {diff:.2e} (> {atol:.0e})")
     return diff
+
+
+def checked_onnx_runner(backbone: ImageBackbone, path: Path, threads: int | None = None) -> OnnxBackbone:
+    """An ONNX Runtime session on ``path``, compared with ``backbone`` first, so a stale or wrong export fails
+    the start instead of the results."""
+    runner = OnnxBackbone(path, threads=threads)
+    check_parity(backbone, runner)
+    return runner
+
+
+def backbone_runner(backbone: ImageBackbone, runtime: str, cache_dir: Path):
+    """(pixels -> (feature map, pooled), the runtime used) for a MOODWATCH_BACKBONE_RUNTIME value: the torch
+    module itself, or its cached, checked ONNX export."""
+    runtime = resolve_backbone_runtime(runtime, backbone.device)
+    if runtime == "torch":
+        return backbone, runtime
+    return checked_onnx_runner(backbone, ensure_backbone_onnx(backbone, cache_dir)), runtime

@@ -209,11 +209,9 @@ def backbone_runner(stage: Stage, backbone):
     onnx_file = stage.folder / BACKBONE_ONNX
     if stage.params.get("backbone_runtime") != "onnxruntime" or stage.device.type != "cpu" or not onnx_file.is_file():
         return backbone
-    from pipelines.onnx_backbone import OnnxBackbone, check_parity
+    from pipelines.onnx_backbone import checked_onnx_runner
 
-    runner = OnnxBackbone(onnx_file, threads=torch.get_num_threads())
-    check_parity(backbone, runner)
-    return runner
+    return checked_onnx_runner(backbone, onnx_file)
 
 
 class BackboneStage(Stage):

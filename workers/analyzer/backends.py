@@ -8,7 +8,7 @@ from pipelines.analyze import AnalyzerOptions, LocalAnalyzer
 from pipelines.analyzer_api import Analyzer
 from pipelines.checkpoints import DEFAULT_HEADS, load_heads
 from pipelines.evidence import EvidenceRanking
-from pipelines.onnx_backbone import OnnxBackbone, check_parity, ensure_backbone_onnx, resolve_backbone_runtime
+from pipelines.onnx_backbone import backbone_runner
 from pipelines.regions import RegionSettings
 from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
 from workers.common.logs import get_logger
@@ -38,17 +38,6 @@ def load_database(settings: ModelSettings) -> SentenceDatabase:
     return ensure_seed_index(default_index_dir(settings.artifacts_dir), load_text_encoder(settings.text_encoder, "cpu"))
 
 
-def backbone_runner(backbone, settings: ModelSettings):
-    """(pixels -> (feature map, pooled), runtime name) for MOODWATCH_BACKBONE_RUNTIME; the ONNX export is
-    checked against torch once at start, so a bad export fails the start instead of the results."""
-    runtime = resolve_backbone_runtime(settings.backbone_runtime, settings.device)
-    if runtime == "torch":
-        return backbone, runtime
-    runner = OnnxBackbone(ensure_backbone_onnx(backbone, settings.artifacts_dir / "onnx"))
-    check_parity(backbone, runner)
-    return runner, runtime
-
-
 def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     from models.encoders import load_image_backbone, load_text_encoder
 
@@ -58,7 +47,7 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     backbone = load_image_backbone(settings.image_encoder, settings.device)
     database = load_database(settings)
     text_encoder = load_text_encoder(settings.text_encoder, settings.device) if heads.config.post_text else None
-    runner, runtime = backbone_runner(backbone, settings)
+    runner, runtime = backbone_runner(backbone, settings.backbone_runtime, settings.artifacts_dir / "onnx")
     analyzer = LocalAnalyzer(
         backbone, heads, database, analyzer_options(settings), text_encoder=text_encoder, backbone_runner=runner
     )

@@ -67,7 +67,7 @@ from pipelines.analyze import (
     region_distributions,
     retrieval_stage,
 )
-from pipelines.onnx_backbone import OnnxBackbone, check_parity, ensure_backbone_onnx, resolve_backbone_runtime
+from pipelines.onnx_backbone import backbone_runner
 from pipelines.regions import learned_top_regions, region_candidates, top_regions_as_candidates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -365,16 +365,6 @@ def profile_local(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: Stag
 # -- (a) backbone ceiling and (c) learned proposals ----------------------------------------------------------
 
 
-def backbone_runner(models: Models, runtime: str, workdir: Path):
-    """The backbone as the worker runs it for MOODWATCH_BACKBONE_RUNTIME (the ONNX export checked against torch)."""
-    runtime = resolve_backbone_runtime(runtime, models.backbone.device)
-    if runtime == "torch":
-        return models.backbone, runtime
-    runner = OnnxBackbone(ensure_backbone_onnx(models.backbone, workdir / "onnx"))
-    check_parity(models.backbone, runner)
-    return runner, runtime
-
-
 def profile_learned(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: StageClock) -> None:
     """Stage shares of the learned path (the same calls as ``LocalAnalyzer._analyze_learned``)."""
     sizes = torch.tensor([(img.shape[1], img.shape[0]) for img in images])
@@ -398,7 +388,7 @@ def profile_learned(analyzer: LocalAnalyzer, images: list[np.ndarray], clock: St
 
 def run_new_rows(models: Models, images: list[np.ndarray], args, workdir: Path) -> dict[str, dict[str, Any]]:
     options = AnalyzerOptions(proposals="learned", backbone_chunk=args.chunk)
-    runner, runtime = backbone_runner(models, args.backbone_runtime, workdir)
+    runner, runtime = backbone_runner(models.backbone, args.backbone_runtime, workdir / "onnx")
     learned = LocalAnalyzer(models.backbone, models.heads, models.database, options, backbone_runner=runner)
     eager = LocalAnalyzer(models.backbone, models.heads, models.database, replace(options, regions_enabled=False))
     rows = [("a", "a-backbone-ceiling", learned.backbone_pass)]

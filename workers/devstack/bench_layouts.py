@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from models.encoders import load_image_backbone
-from pipelines.onnx_backbone import OnnxBackbone, check_parity, ensure_backbone_onnx, onnxruntime_available
+from pipelines.onnx_backbone import backbone_runner, onnxruntime_available
 from workers.devstack.bench import bench_images
 
 
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     layouts = [("torch", False, None), ("torch", True, None)]
     if args.device == "cpu" and onnxruntime_available():
-        runner = OnnxBackbone(ensure_backbone_onnx(backbone, Path(tempfile.mkdtemp(prefix="moodwatch-onnx-"))))
-        check_parity(backbone, runner)
+        runner, _ = backbone_runner(backbone, "onnxruntime", Path(tempfile.mkdtemp(prefix="moodwatch-onnx-")))
         layouts.append(("onnxruntime", False, runner))
     for runtime, channels_last, runner in layouts:
         for chunk in args.chunks:
