@@ -232,11 +232,9 @@ def run_outages(
     recoveries between them) can outlast it, which left a late outage with no backlog to hold."""
     settings = make_settings(stack)
     stream = build_stream(n_posts, seed=SEED + 3)
-    n_bursts = OUTAGE_BURST * len(outages)
-    head, tail = stream.records[:400], stream.records[400 : len(stream.records) - n_bursts]
-    bursts = [
-        stream.records[len(stream.records) - n_bursts + i * OUTAGE_BURST :][:OUTAGE_BURST] for i in range(len(outages))
-    ]
+    split = len(stream.records) - OUTAGE_BURST * len(outages)
+    head, tail, spare = stream.records[:400], stream.records[400:split], stream.records[split:]
+    bursts = [spare[i : i + OUTAGE_BURST] for i in range(0, len(spare), OUTAGE_BURST)]
     burst_ends: dict[int, int] = {}
     produce(settings.kafka_bootstrap, settings.posts_topic, head)
     worker = worker_env(settings, **worker_extra_env).start()
