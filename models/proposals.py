@@ -138,6 +138,20 @@ def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter.div_((area_a + area_b - inter).clamp_(min=1e-12))
 
 
+def box_recall(
+    reference: torch.Tensor,
+    reference_mask: torch.Tensor,
+    found: torch.Tensor,
+    found_mask: torch.Tensor,
+    iou: float = 0.5,
+) -> tuple[int, int]:
+    """(matched, total): reference boxes [B, K, 4] with a found box [B, M, 4] of the same image at IoU >= ``iou``."""
+    if found.shape[-2] == 0:
+        return 0, int(reference_mask.sum())
+    overlap = pairwise_iou(reference, found).masked_fill(~found_mask[:, None, :], 0.0).amax(-1)  # [B, K]
+    return int(((overlap >= iou) & reference_mask).sum()), int(reference_mask.sum())
+
+
 def spatial_peaks(logits: torch.Tensor, height: int, width: int, num_shapes: int, window: int = 3) -> torch.Tensor:
     """[B, H*W*A] objectness -> the same with -inf wherever a neighbour (``window`` cells, same anchor shape)
     scores higher: one max-pool that leaves ~50 local maxima per image for the NMS matrix instead of

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import trange
 
 from models.moodnet import MoodHeads
-from models.proposals import LearnedProposer, encode_boxes, pairwise_iou
+from models.proposals import LearnedProposer, box_recall, encode_boxes, pairwise_iou
 from pipelines.proposal_teacher import TeacherCache
 from pipelines.regions import learned_top_regions
 
@@ -42,6 +42,13 @@ def _flip(fmap: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.
     flipped = boxes.clone()
     flipped[..., 0], flipped[..., 2] = 1.0 - boxes[..., 2], 1.0 - boxes[..., 0]
     return fmap.flip(-1), flipped
+
+
+def held_out_split(n: int, seed: int = 0, fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices of the teacher's images; held-out is the first ``fraction`` of a seeded shuffle."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(n * fraction)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def train_proposer(
@@ -87,8 +94,8 @@ def teacher_recall(
         teacher, tmask = torch.as_tensor(test.top_boxes), torch.as_tensor(test.top_mask)
         out = {}
         for name, cand, cmask in (("top8", top.boxes, top.mask), ("candidates", boxes, mask)):
-            overlap = pairwise_iou(teacher, cand).masked_fill(~cmask[:, None, :], 0.0).amax(-1)  # [B, 8]
-            out[f"recall@{iou}_{name}"] = float(((overlap >= iou) & tmask).sum() / tmask.sum())
+            matched, total = box_recall(teacher, tmask, cand, cmask, iou)
+            out[f"recall@{iou}_{name}"] = matched / total
         return out
 
 
@@ -127,9 +134,8 @@ def main() -> None:
     from pipelines.regions import load_proposer
 
     cache = TeacherCache.load(args.teacher)
-    perm = np.random.default_rng(args.seed).permutation(len(cache.names))
-    n_test = int(len(perm) * args.held_out)
-    train, test = cache.subset(np.sort(perm[n_test:])), cache.subset(np.sort(perm[:n_test]))
+    train_idx, test_idx = held_out_split(len(cache.names), args.seed, args.held_out)
+    train, test = cache.subset(train_idx), cache.subset(test_idx)
     heads, _ = load_heads(args.heads)
     if args.recall_only:
         recall = teacher_recall(load_proposer(args.out), heads, test)

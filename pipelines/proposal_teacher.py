@@ -22,7 +22,7 @@ from models.moodnet import MoodHeads
 from pipelines.analyze import AnalyzerOptions, region_distributions, select_regions
 from pipelines.features import MAX_REGIONS as MAX_CANDIDATES
 from pipelines.features import load_rgb
-from pipelines.regions import RegionSettings, candidate_features, region_candidates
+from pipelines.regions import RegionCandidates, RegionSettings, candidate_features, region_candidates
 
 TOP_K = 8
 
@@ -66,6 +66,26 @@ class TeacherCache:
         return TeacherCache([self.names[i] for i in idx], *(getattr(self, f)[idx] for f in fields))
 
 
+def selective_search_top(
+    heads: MoodHeads,
+    backbone: ImageBackbone,
+    feat_map: torch.Tensor,
+    image: np.ndarray,
+    candidates: RegionCandidates,
+    options: AnalyzerOptions,
+    top_k: int = TOP_K,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The AR top-K of one image's selective-search candidates: boxes [K, 4] normalised to the image, mask [K]."""
+    height, width = image.shape[:2]
+    dists = region_distributions(heads, backbone, feat_map, candidates, width, height)
+    regions, _ = select_regions(dists, candidates, width, height, options)
+    boxes, mask = np.zeros((top_k, 4), np.float32), np.zeros(top_k, bool)
+    for k, reg in enumerate(regions[:top_k]):
+        boxes[k] = np.array([reg.x0 / width, reg.y0 / height, reg.x1 / width, reg.y1 / height], np.float32)
+        mask[k] = True
+    return boxes, mask
+
+
 def build_teacher(
     paths: list[Path], backbone: ImageBackbone, heads: MoodHeads, batch_size: int = 16, threads: int = 2
 ) -> TeacherCache:
@@ -101,11 +121,9 @@ def build_teacher(
                 if r:
                     feats = candidate_features(backbone, fmap[j : j + 1], cand, width, height)
                     out.candidate_feats[i, :r] = feats[:r].numpy()
-                dists = region_distributions(heads, backbone, fmap[j : j + 1], cand, width, height)
-                regions, _ = select_regions(dists, cand, width, height, options)
-                for k, reg in enumerate(regions[:TOP_K]):
-                    out.top_boxes[i, k] = np.array([reg.x0, reg.y0, reg.x1, reg.y1], np.float32) / scale
-                    out.top_mask[i, k] = True
+                out.top_boxes[i], out.top_mask[i] = selective_search_top(
+                    heads, backbone, fmap[j : j + 1], img, cand, options
+                )
             bar.update(len(images))
     return out
 

@@ -11,6 +11,7 @@ from models.proposals import (
     anchor_grid,
     batched_fast_nms,
     batched_roi_features,
+    box_recall,
     decode_boxes,
     encode_boxes,
     pairwise_iou,
@@ -132,3 +133,14 @@ def test_spatial_peaks_keep_the_local_maxima_of_each_anchor_shape():
                 for x in range(w):
                     window = grid[n, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2, k]
                     assert bool(kept[n, y, x, k]) == bool(grid[n, y, x, k] >= window.max())
+
+
+def test_box_recall_counts_reference_boxes_matched_at_the_threshold():
+    reference = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]]])
+    ref_mask = torch.tensor([[True, True, False]])  # the third slot is empty: not counted
+    found = torch.tensor([[[0.0, 0.0, 0.5, 0.4], [0.5, 0.5, 1.0, 0.7], [0.0, 0.5, 0.5, 1.0]]])
+    # IoU 0.8 with the first, 0.4 with the second; the third found box matches only the empty slot
+    assert box_recall(reference, ref_mask, found, torch.tensor([[True, True, True]])) == (1, 2)
+    assert box_recall(reference, ref_mask, found, torch.tensor([[False, True, True]])) == (0, 2)
+    assert box_recall(reference, ref_mask, found, torch.ones(1, 3, dtype=torch.bool), iou=0.39) == (2, 2)
+    assert box_recall(reference, ref_mask, found[:, :0], torch.zeros(1, 0, dtype=torch.bool)) == (0, 2)
