@@ -64,7 +64,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 # The model repository the Triton init container copies, the artifacts folder, and (by default)
 # the seed retrieval index built into it.
 # triton_repo/ holds templates: `moodwatch triton export` renders the servable GPU repository with
-# the shipped heads and the seed index (it must run from the source tree, where the templates are).
+# the shipped heads, proposer and seed index (it must run from the source tree, where the templates are):
+# moodwatch_learned (the default MOODWATCH_TRITON_MODEL) and the moodwatch ensemble (selective search).
 RUN mkdir -p /opt/moodwatch/artifacts \
  && if [ -d /src/artifacts ]; then cp -R /src/artifacts/. /opt/moodwatch/artifacts/; fi \
  && if [ "${PREBUILD_SEED_INDEX}" = "1" ]; then \
@@ -73,7 +74,8 @@ from pipelines.retrieval import default_index_dir, ensure_seed_index; \
 ensure_seed_index(default_index_dir('/opt/moodwatch/artifacts'), load_text_encoder('all-MiniLM-L6-v2', 'cpu'))"; \
     fi \
  && cd /src && MOODWATCH_ARTIFACTS_DIR=/opt/moodwatch/artifacts \
-      python -m workers.cli triton export --repo /opt/moodwatch/triton_repo --kind gpu
+      python -m workers.cli triton export --repo /opt/moodwatch/triton_repo --kind gpu \
+        --model moodwatch_learned --model moodwatch
 
 # ------------------------------------------------------------------------------------ runtime
 FROM ${PYTHON_IMAGE} AS runtime

@@ -161,9 +161,15 @@ def exported_repo(tiny_assets) -> Path:
 @pytest.fixture(scope="module")
 def triton_server(exported_repo, local_stack, tiny_assets):
     """tritonserver as `moodwatch demo --triton` starts it (start_local_triton: explicit model
-    control, the configured model loaded, added to the local stack), on the CLI-exported repository."""
+    control, the configured model loaded, added to the local stack), on the CLI-exported repository.
+    Configured here: the `moodwatch` ensemble with selective search, which most tests below compare
+    with the local path; `learned_server` adds the default `moodwatch_learned`."""
     settings = local_stack.settings(
-        heads_path=tiny_assets["heads"], index_dir=tiny_assets["index"], image_encoder=BACKBONE
+        heads_path=tiny_assets["heads"],
+        index_dir=tiny_assets["index"],
+        image_encoder=BACKBONE,
+        triton_model="moodwatch",
+        region_proposals="selective_search",
     )
     settings = start_local_triton(local_stack, settings, repo_dir=exported_repo, export=False)
     server = local_stack.extra[-1]
@@ -591,6 +597,8 @@ def test_server_down_at_start_the_worker_waits_and_retries_without_committing(
         backend="triton",
         triton_url=triton_server.grpc_url,
         triton_timeout_s=30,
+        triton_model="moodwatch",
+        region_proposals="selective_search",
         heads_path=tiny_assets["heads"],
         index_dir=tiny_assets["index"],
         image_encoder=BACKBONE,

@@ -1,7 +1,7 @@
 """`moodwatch triton ...`: export the model repository, serve it locally, check a server.
 
-    moodwatch triton export --repo artifacts/triton_repo [--kind gpu] [--heads PATH] [--index DIR]
-    moodwatch triton export --repo artifacts/triton_repo --model moodwatch_learned [--proposer PATH]
+    moodwatch triton export --repo artifacts/triton_repo [--kind gpu] [--heads PATH] [--index DIR] [--proposer PATH]
+    moodwatch triton export --repo artifacts/triton_repo --model moodwatch    # the ensemble, selective search in the worker
     moodwatch triton serve --repo artifacts/triton_repo [--grpc-port 8001]    # foreground, Ctrl-C stops
     moodwatch triton status [--url 127.0.0.1:8001]
 
@@ -67,8 +67,9 @@ def export(
     model: Optional[list[str]] = typer.Option(
         None,
         "--model",
-        help="models to export (repeatable; default: the moodwatch ensemble and its steps; add moodwatch_fused for the "
-        "one-model variant, moodwatch_learned for the one model with learned region proposals)",
+        help="models to export (repeatable; default: MOODWATCH_TRITON_MODEL, moodwatch_learned: the analysis with "
+        "learned region proposals as one model; moodwatch: the ensemble and its steps, selective search in the "
+        "worker; moodwatch_fused: that ensemble as one model)",
     ),
     proposer: Optional[Path] = typer.Option(
         None,
@@ -104,7 +105,7 @@ def export(
             image_encoder=settings.image_encoder,
             retrieval_k=settings.retrieval_k,
             max_batch_size=max_batch_size,
-            models=model or None,
+            models=model or [settings.triton_model],
             backbone_backend=backbone_backend,
             proposer_path=proposer,
             regions_top_k=settings.regions_top_k,
