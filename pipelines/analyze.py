@@ -37,6 +37,7 @@ from pipelines.regions import (
     candidate_features,
     learned_top_regions,
     load_proposer,
+    proposer_mismatch,
     proposer_version,
     region_candidates,
     top_regions_as_candidates,
@@ -328,11 +329,9 @@ class LocalAnalyzer:
         if self.learned and proposer is None:
             proposer = load_proposer(device=backbone.device)
         self.proposer = proposer.eval() if self.learned else None
-        if self.learned and self.proposer.config["in_dim"] != backbone.feature_dim:
-            raise ValueError(
-                f"learned proposals need a {self.proposer.config['in_dim']}-channel feature map; {backbone.name} "
-                f"gives {backbone.feature_dim} (set MOODWATCH_REGION_PROPOSALS=selective_search)"
-            )
+        mismatch = proposer_mismatch(self.proposer, backbone) if self.learned else None
+        if mismatch:
+            raise ValueError(f"{mismatch} (set MOODWATCH_REGION_PROPOSALS=selective_search)")
         method = (proposer_version(self.proposer) if self.learned else "selective_search") if regions_on else None
         self.versions = analyzer_versions("local", backbone.name, heads, database, method)
         self._pool = ThreadPoolExecutor(options.proposal_threads, thread_name_prefix="proposals")

@@ -55,7 +55,7 @@ from pipelines.analyze import ANALYZER_VERSION, AnalyzerOptions, analyzer_versio
 from pipelines.checkpoints import load_heads
 from pipelines.evidence import EvidenceRanking
 from pipelines.onnx_backbone import export_backbone_onnx, onnxruntime_available
-from pipelines.regions import DEFAULT_PROPOSER, RegionSettings, load_proposer, proposer_version
+from pipelines.regions import DEFAULT_PROPOSER, RegionSettings, load_proposer, proposer_mismatch, proposer_version
 from pipelines.retrieval import IndexMismatchError, SentenceDatabase
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -370,12 +370,10 @@ def _check_proposer(path: Path, backbone: ImageBackbone, top_k: int) -> str:
     if not path.is_file():
         raise ExportError(f"no learned proposer at {path} (train one with `python -m pipelines.proposal_distill`)")
     proposer = load_proposer(path)
-    cfg = proposer.config
-    if cfg["in_dim"] != backbone.feature_dim or tuple(cfg["feature_size"]) != tuple(backbone.spatial_size):
+    mismatch = proposer_mismatch(proposer, backbone)
+    if mismatch:
         raise ExportError(
-            f"learned proposer {path} reads a {cfg['in_dim']}-channel {tuple(cfg['feature_size'])} feature map; "
-            f"backbone {backbone.name} gives {backbone.feature_dim} x {tuple(backbone.spatial_size)} "
-            f"(export {LEARNED} with a proposer trained on this backbone: --proposer PATH)"
+            f"{path}: {mismatch} (export {LEARNED} with a proposer trained on this backbone: --proposer PATH)"
         )
     return proposer_version(proposer)
 

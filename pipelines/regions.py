@@ -100,6 +100,17 @@ def load_proposer(path: Path | None = None, device: str | torch.device = "cpu") 
     return proposer.eval().to(device)
 
 
+def proposer_mismatch(proposer: LearnedProposer, backbone: ImageBackbone) -> str | None:
+    """Why the proposer cannot read this backbone's feature map (channels and grid), or None when it can."""
+    cfg = proposer.config
+    if cfg["in_dim"] == backbone.feature_dim and tuple(cfg["feature_size"]) == tuple(backbone.spatial_size):
+        return None
+    return (
+        f"the learned proposer reads a {cfg['in_dim']}-channel {tuple(cfg['feature_size'])} feature map; "
+        f"{backbone.name} gives {backbone.feature_dim} x {tuple(backbone.spatial_size)}"
+    )
+
+
 def top_regions_as_candidates(
     top: TopRegions, i: int, width: int, height: int
 ) -> tuple[RegionCandidates, torch.Tensor]:

@@ -56,13 +56,15 @@ def test_versions_record_the_proposal_method():
     assert off.versions.region_proposals is None
 
 
-def test_a_proposer_for_another_feature_map_is_refused():
+@pytest.mark.parametrize(
+    "channels, grid",
+    [(128, None), (64, (9, 9))],  # other channels; same channels on another grid (EfficientNet-Lite2's 9x9)
+    ids=["channels", "grid"],
+)
+def test_a_proposer_for_another_feature_map_is_refused(channels, grid):
     backbone = tiny_image_backbone(0, feature_dim=64)
-    with pytest.raises(ValueError, match="MOODWATCH_REGION_PROPOSALS"):
+    proposer = LearnedProposer(channels, grid or backbone.spatial_size)
+    with pytest.raises(ValueError, match=r"feature map; .* \(set MOODWATCH_REGION_PROPOSALS=selective_search\)"):
         LocalAnalyzer(
-            backbone,
-            tiny_heads(0),
-            tiny_database(0),
-            AnalyzerOptions(proposals="learned"),
-            proposer=LearnedProposer(128, backbone.spatial_size),
+            backbone, tiny_heads(0), tiny_database(0), AnalyzerOptions(proposals="learned"), proposer=proposer
         )
