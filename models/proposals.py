@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.regions import senti_score
+
 __all__ = [
     "ANCHOR_SIDES",
     "DEFAULT_SHAPES",
@@ -294,9 +296,7 @@ def affective_top_k(
     Returns (indices [B, k], ar [B, k], senti [B, k], top mask [B, k]); senti = 1 + sum y log y / log c,
     AR = sqrt((1 - alpha) obj^2 + alpha senti^2) as in ``models.regions``.
     """
-    c = region_dists.shape[-1]
-    senti = 1.0 + torch.special.xlogy(region_dists, region_dists).sum(-1) / torch.log(torch.tensor(float(c)))
-    senti = senti.clamp(0.0, 1.0)
+    senti = senti_score(region_dists)
     ar = ((1.0 - alpha) * objectness**2 + alpha * senti**2).sqrt()
     ranked = ar.masked_fill(~mask, float("-inf"))
     k = min(k, ranked.shape[1])

@@ -315,7 +315,9 @@ def senti_score(y: Array) -> Array:
     c = t.shape[-1]
     if c < 2:
         raise ValueError("senti_score needs at least 2 classes")
-    score = (1.0 + torch.special.xlogy(t, t).sum(dim=-1) / math.log(c)).clamp(0.0, 1.0)
+    # y log y with 0 log 0 = 0, as torch.where rather than torch.special.xlogy, which ONNX cannot export
+    plogp = torch.where(t > 0, t * t.log(), torch.zeros_like(t))
+    score = (1.0 + plogp.sum(dim=-1) / math.log(c)).clamp(0.0, 1.0)
     return score.numpy() if isinstance(y, np.ndarray) else score
 
 

@@ -34,6 +34,7 @@ from pipelines.regions import (
     ProposalMethod,
     RegionCandidates,
     RegionSettings,
+    TopRegions,
     candidate_features,
     learned_top_regions,
     load_proposer,
@@ -57,6 +58,8 @@ from schemas.results import (
 )
 
 ANALYZER_VERSION = "moodwatch-analyzer/2"
+HEADS_OUTPUTS = ("POLARITY", "POLARITY_NO_TEXT", "EMOTIONS", "EMOTIONS6")  # heads_stage's order
+REGION_OUTPUTS = ("REGION_BOXES", "REGION_OBJECTNESS", "REGION_DISTS", "REGION_MASK")  # TopRegions' order
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,7 @@ class LocalAnalyzer:
         proposer: torch.nn.Module | None = None,
         text_encoder: TextEncoder | None = None,
         backbone_runner: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        learned_runner: Callable[..., dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.backbone = backbone.eval()
         # pixels -> (feature map, pooled): the torch module itself, or its ONNX Runtime export
@@ -332,6 +336,8 @@ class LocalAnalyzer:
         mismatch = proposer_mismatch(self.proposer, backbone) if self.learned else None
         if mismatch:
             raise ValueError(f"{mismatch} (set MOODWATCH_REGION_PROPOSALS=selective_search)")
+        # the whole learned path as one graph (pipelines.onnx_learned), when the worker built one for this analyzer
+        self.learned_runner = learned_runner if self.learned else None
         method = (proposer_version(self.proposer) if self.learned else "selective_search") if regions_on else None
         self.versions = analyzer_versions("local", backbone.name, heads, database, method)
         self._pool = ThreadPoolExecutor(options.proposal_threads, thread_name_prefix="proposals")
@@ -373,20 +379,34 @@ class LocalAnalyzer:
         """One tensor program per micro-batch: backbone -> retrieval + heads -> proposals -> RoI-align -> AR top-K."""
         sizes = torch.tensor([(img.shape[1], img.shape[0]) for img in images], device=self.backbone.device)
         with torch.inference_mode():
-            feat_map, pooled = self.backbone_pass(images)
-            outputs = self.global_outputs(feat_map, pooled, uses)
-            boxes, objectness, mask = self.proposer(feat_map, sizes)
-            top = learned_top_regions(
-                self.heads, feat_map, boxes, objectness, mask, self.options.regions_top_k, self.options.region_alpha
-            )
-            evidence = self.database.sentences_for(outputs.retrieval_ids)
-            results = []
-            for i, (width, height) in enumerate(sizes.tolist()):
-                candidates, dists = top_regions_as_candidates(top, i, width, height)
-                results.append(
-                    compose_analysis(outputs, i, dists, candidates, evidence[i], width, height, self.options, uses[i])
+            if self.learned_runner is not None:
+                outputs, top = self._run_program(images, uses, sizes)
+            else:
+                feat_map, pooled = self.backbone_pass(images)
+                outputs = self.global_outputs(feat_map, pooled, uses)
+                boxes, objectness, mask = self.proposer(feat_map, sizes)
+                top = learned_top_regions(
+                    self.heads, feat_map, boxes, objectness, mask, self.options.regions_top_k, self.options.region_alpha
                 )
+        evidence = self.database.sentences_for(outputs.retrieval_ids)
+        results = []
+        for i, (width, height) in enumerate(sizes.tolist()):
+            candidates, dists = top_regions_as_candidates(top, i, width, height)
+            results.append(
+                compose_analysis(outputs, i, dists, candidates, evidence[i], width, height, self.options, uses[i])
+            )
         return results
+
+    def _run_program(
+        self, images: Sequence[np.ndarray], uses: list[TextUse | None], sizes: torch.Tensor
+    ) -> tuple[GlobalOutputs, TopRegions]:
+        """The learned path as one call of ``learned_runner`` (the whole micro-batch, no backbone chunks)."""
+        texts = [u.text if u is not None else None for u in uses]
+        post_text, post_mask = text_stage(self.text_encoder, texts, self.heads.config.text_dim)
+        out = self.learned_runner(self.backbone.preprocess(list(images)), sizes, post_text, post_mask)
+        ids = out["RETRIEVAL_IDS"].numpy()
+        outputs = GlobalOutputs(*(out[n] for n in HEADS_OUTPUTS), out["RETRIEVAL_SCORES"].numpy(), ids)
+        return outputs, TopRegions(*(out[n] for n in REGION_OUTPUTS))
 
     def backbone_pass(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature maps and pooled vectors of the batch, in chunks of ``options.backbone_chunk`` images."""

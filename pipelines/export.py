@@ -55,6 +55,7 @@ from pipelines.analyze import ANALYZER_VERSION, AnalyzerOptions, analyzer_versio
 from pipelines.checkpoints import load_heads
 from pipelines.evidence import EvidenceRanking
 from pipelines.onnx_backbone import export_backbone_onnx, onnxruntime_available
+from pipelines.onnx_learned import LearnedProgram, export_program_onnx, unsupported_reason
 from pipelines.regions import DEFAULT_PROPOSER, RegionSettings, load_proposer, proposer_mismatch, proposer_version
 from pipelines.retrieval import IndexMismatchError, SentenceDatabase
 
@@ -302,6 +303,11 @@ def export_repository(
                     assets.write(asset, model_dir)
                 if in_python_ort and "backbone_state" in ASSETS[name]:
                     assets.write("backbone_onnx", model_dir)
+                if in_python_ort and name == LEARNED and unsupported_reason(database) is None:
+                    program = LearnedProgram(
+                        backbone, heads, load_proposer(proposer_file), database, m, k, int(regions_top_k), region_alpha
+                    )
+                    export_program_onnx(program, version_dir / "learned.onnx")
             files[name] = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
         result = ExportResult(out_repo, kind, list(selected), versions, contract, files)
         (staging / "export.json").write_text(

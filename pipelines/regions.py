@@ -90,6 +90,18 @@ def learned_top_regions(
     return TopRegions(pick(boxes.float()), pick(objectness.float()), pick(dists), top_mask)
 
 
+def pad_top_regions(top: TopRegions, top_k: int) -> TopRegions:
+    """``top`` with masked (zero, False) slots appended up to ``top_k`` (the proposer kept fewer candidates)."""
+    slots = top_k - top.mask.shape[1]
+    if slots <= 0:
+        return top
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros((t.shape[0], slots, *t.shape[2:]))], dim=1)
+
+    return TopRegions(pad(top.boxes), pad(top.objectness), pad(top.dists), pad(top.mask))
+
+
 def load_proposer(path: Path | None = None, device: str | torch.device = "cpu") -> LearnedProposer:
     blob = torch.load(path or DEFAULT_PROPOSER, map_location="cpu", weights_only=False)
     cfg = dict(blob["config"])

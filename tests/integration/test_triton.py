@@ -348,7 +348,7 @@ def test_export_refuses_a_proposer_for_another_feature_map(tiny_assets, tmp_path
     from pipelines.export import ExportError, export_repository
 
     args = (tiny_assets["heads"], tiny_assets["index"], tmp_path / "repo", "cpu")
-    with pytest.raises(ExportError, match=r"reads a 1280-channel .* backbone tiny-random-cnn@0 gives 64"):
+    with pytest.raises(ExportError, match=r"reads a 1280-channel .* feature map; tiny-random-cnn@0 gives 64 x"):
         export_repository(*args, image_encoder=BACKBONE, models=[LEARNED])  # the shipped EfficientNet proposer
     assert not (tmp_path / "repo").exists()
     export_repository(*args, image_encoder=BACKBONE)  # the proposer is only read for moodwatch_learned
@@ -470,9 +470,10 @@ def test_a_bad_request_fails_alone_with_a_per_request_error(triton_server, trito
 
 
 def test_learned_model_gives_the_local_learned_analysis(local_learned, learned_server):
-    """moodwatch_learned: proposals, RoI-align, region scores and the AR top-K on the server, nothing on the client."""
+    """moodwatch_learned: proposals, RoI-align, region scores and the AR top-K on the server, nothing on the client;
+    on this CPU export the whole analysis runs as the export's learned.onnx, the local path compared here in torch."""
     log = Path(learned_server.log_path).read_text(errors="replace")
-    assert re.search(rf"moodwatch {LEARNED}: loaded .*backbone runtime onnxruntime", log)
+    assert re.search(rf"moodwatch {LEARNED}: loaded .*backbone runtime onnxruntime, learned program onnxruntime", log)
     options = TritonOptions(url=learned_server.grpc_url, model=LEARNED, timeout_s=60)
     remote = TritonAnalyzer(options, LEARNED_OPTIONS, tiny_text_encoder(0))
     split = TritonAnalyzer(replace(options, max_request_images=2), LEARNED_OPTIONS, tiny_text_encoder(0))

@@ -48,6 +48,7 @@ BACKBONE_ONNX = "backbone.onnx"  # optional: written by the CPU export when onnx
 HEADS_FILE = "heads.pt"
 INDEX_DIR = "index"
 PROPOSER_FILE = "proposals.pt"
+LEARNED_ONNX = "learned.onnx"  # optional: moodwatch_learned's whole analysis as one graph (CPU export, flat index)
 
 
 class BackboneGeometry:
@@ -92,6 +93,8 @@ class Stage:
         runtime = (
             "" if runner is None else f", backbone runtime {'torch' if runner is self.backbone else 'onnxruntime'}"
         )
+        if getattr(self, "program", None) is not None:
+            runtime += ", learned program onnxruntime"
         pb_utils.Logger.log_info(
             f"moodwatch {self.model_name}: loaded from {self.folder} on {self.device} in {time.monotonic() - started:.1f}s"
             f" (torch threads {torch.get_num_threads()}, numpy {np.__version__}{runtime})"
@@ -352,7 +355,7 @@ class LearnedStage(FusedStage):
     INPUTS = ("PIXELS", "IMAGE_SIZE", "POST_TEXT", "POST_TEXT_MASK")
 
     def load(self) -> None:
-        from pipelines.regions import learned_top_regions, load_proposer, proposer_version
+        from pipelines.regions import learned_top_regions, load_proposer, pad_top_regions, proposer_version
 
         super().load()
         self.proposer = load_proposer(self.folder / PROPOSER_FILE, self.device)
@@ -361,21 +364,42 @@ class LearnedStage(FusedStage):
             raise RuntimeError(f"{PROPOSER_FILE} is {proposer_version(self.proposer)}, exported as {exported}")
         self.top_k, self.alpha = int(self.params["regions_top_k"]), float(self.params["region_alpha"])
         self._top_regions = learned_top_regions
+        self._pad = lambda top: pad_top_regions(top, self.top_k)  # the proposer kept fewer than K: masked slots
+        self.program = self.load_program()
+
+    def load_program(self):
+        """The export's learned.onnx through ONNX Runtime (CPU instances running the backbone there), checked
+        against the same analysis in torch first; None: the stages below run in torch."""
+        program_file = self.folder / LEARNED_ONNX
+        if self.runner is self.backbone or not program_file.is_file():
+            return None
+        from pipelines.onnx_learned import LearnedProgram, OnnxLearnedProgram, check_program_parity
+
+        program = LearnedProgram(
+            self.backbone, self.heads, self.proposer, self.database, self.candidates, self.k, self.top_k, self.alpha
+        )
+        runner = OnnxLearnedProgram(program_file, threads=torch.get_num_threads())
+        check_program_parity(program, runner)
+        return runner
 
     def run(self, batch):
         sizes = self.tensor(batch["IMAGE_SIZE"]).long()
         if bool((sizes < 1).any()):
             raise ValueError(f"IMAGE_SIZE must be positive, got {batch['IMAGE_SIZE'].tolist()}")
+        if self.program is not None:
+            pixels = normalise(self.backbone, torch.from_numpy(np.ascontiguousarray(batch["PIXELS"])))
+            out = self.program(pixels, sizes, self.tensor(batch["POST_TEXT"]), self.tensor(batch["POST_TEXT_MASK"]))
+            arrays = {name: t.numpy() for name, t in out.items()}
+            return {**arrays, "EVIDENCE": self.evidence_json[arrays["RETRIEVAL_IDS"]]}
         feat_map, outputs = self.global_outputs(batch)
         boxes, objectness, mask = self.proposer(feat_map, sizes)
-        top = self._top_regions(self.heads, feat_map, boxes, objectness, mask, self.top_k, self.alpha)
-        pad = self.top_k - top.mask.shape[1]  # the proposer keeps fewer candidates than K: masked slots
+        top = self._pad(self._top_regions(self.heads, feat_map, boxes, objectness, mask, self.top_k, self.alpha))
         return {
             **outputs,
-            "REGION_BOXES": _np(_pad_slots(top.boxes, pad)),
-            "REGION_OBJECTNESS": _np(_pad_slots(top.objectness, pad)),
-            "REGION_DISTS": _np(_pad_slots(top.dists, pad)),
-            "REGION_MASK": _pad_slots(top.mask, pad).cpu().numpy(),
+            "REGION_BOXES": _np(top.boxes),
+            "REGION_OBJECTNESS": _np(top.objectness),
+            "REGION_DISTS": _np(top.dists),
+            "REGION_MASK": top.mask.cpu().numpy(),
         }
 
 
@@ -383,13 +407,6 @@ class LearnedStage(FusedStage):
 
 
 HEADS_OUTPUTS = ("POLARITY", "POLARITY_NO_TEXT", "EMOTIONS", "EMOTIONS6")  # pipelines.analyze.heads_stage order
-
-
-def _pad_slots(t: torch.Tensor, slots: int) -> torch.Tensor:
-    """``slots`` more zero (False) entries along axis 1."""
-    if slots <= 0:
-        return t
-    return torch.cat([t, t.new_zeros((t.shape[0], slots, *t.shape[2:]))], dim=1)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -54,6 +54,7 @@ from torch import nn
 from models.encoders import ImageBackbone, TextEncoder
 from pipelines.analyze import (
     ANALYZER_VERSION,
+    HEADS_OUTPUTS,
     AnalyzerOptions,
     GlobalOutputs,
     compose_analysis,
@@ -78,7 +79,6 @@ INPUTS = {
     "POST_TEXT": "FP32",
     "POST_TEXT_MASK": "BOOL",
 }
-HEADS_OUTPUTS = ("POLARITY", "POLARITY_NO_TEXT", "EMOTIONS", "EMOTIONS6")  # GlobalOutputs' first four fields
 OUTPUTS = (
     "POLARITY",
     "POLARITY_NO_TEXT",

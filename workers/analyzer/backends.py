@@ -9,7 +9,8 @@ from pipelines.analyzer_api import Analyzer
 from pipelines.checkpoints import DEFAULT_HEADS, load_heads
 from pipelines.evidence import EvidenceRanking
 from pipelines.onnx_backbone import backbone_runner
-from pipelines.regions import RegionSettings
+from pipelines.onnx_learned import LearnedProgram, learned_program_runner, unsupported_reason
+from pipelines.regions import RegionSettings, load_proposer, proposer_mismatch
 from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
 from workers.common.logs import get_logger
 from workers.common.settings import AnalysisSettings, ModelSettings
@@ -47,19 +48,52 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     backbone = load_image_backbone(settings.image_encoder, settings.device)
     database = load_database(settings)
     text_encoder = load_text_encoder(settings.text_encoder, settings.device) if heads.config.post_text else None
+    options = analyzer_options(settings)
     runner, runtime = backbone_runner(backbone, settings.backbone_runtime, settings.artifacts_dir / "onnx")
+    learned = options.proposals == "learned" and options.regions_enabled and options.regions_top_k > 0
+    proposer = load_proposer(device=settings.device) if learned else None
+    program, program_runtime = None, runtime
+    if proposer is not None and runtime == "onnxruntime" and proposer_mismatch(proposer, backbone) is None:
+        program, program_runtime = learned_program(backbone, heads, proposer, database, options, settings)
     analyzer = LocalAnalyzer(
-        backbone, heads, database, analyzer_options(settings), text_encoder=text_encoder, backbone_runner=runner
+        backbone,
+        heads,
+        database,
+        options,
+        proposer=proposer,
+        text_encoder=text_encoder,
+        backbone_runner=runner,
+        learned_runner=program,
     )
     log.info(
         "local analyzer ready",
         backbone_runtime=runtime,
+        learned_path=program_runtime if learned else None,
         heads=analyzer.versions.heads,
         index=analyzer.versions.index,
         sentences=len(database),
         image_encoder=backbone.name,
     )
     return analyzer
+
+
+def learned_program(backbone, heads, proposer, database, options: AnalyzerOptions, settings: ModelSettings):
+    """(the learned path as one ONNX Runtime graph, "onnxruntime"), or (None, "torch") with the reason logged."""
+    reason = unsupported_reason(database)
+    if reason:
+        log.info("learned path stays in torch", reason=reason)
+        return None, "torch"
+    program = LearnedProgram(
+        backbone,
+        heads,
+        proposer,
+        database,
+        options.candidates,
+        options.retrieval_k,
+        options.regions_top_k,
+        options.region_alpha,
+    )
+    return learned_program_runner(program, settings.artifacts_dir / "onnx"), "onnxruntime"
 
 
 def build_analyzer(settings: AnalysisSettings) -> Analyzer:
