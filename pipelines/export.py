@@ -68,6 +68,8 @@ ENSEMBLE = "moodwatch"
 FUSED = "moodwatch_fused"
 LEARNED = "moodwatch_learned"
 STAGE_MODELS = ("backbone", "retrieval", "heads", "regions")
+# moodwatch_learned on the onnxruntime backend: an ensemble of these two (templates below)
+LEARNED_STEPS = ("learned_program", "learned_evidence")
 ALL_MODELS = (*STAGE_MODELS, ENSEMBLE, FUSED, LEARNED)
 # What a deployment needs: the ensemble and its steps. The fused variant duplicates the backbone
 # (memory, load time) and is exported on request (`--model moodwatch_fused`, the bench does), as is the
@@ -84,12 +86,21 @@ ASSETS: dict[str, tuple[str, ...]] = {
     ENSEMBLE: (),
     FUSED: ("backbone_spec", "backbone_state", "heads", "index", "warmup"),
     LEARNED: ("backbone_spec", "backbone_state", "heads", "index", "proposer", "warmup_size"),
+    "learned_program": ("warmup_size",),  # + 1/model.onnx
+    "learned_evidence": ("index",),
 }
 # With the python backend on a CPU profile, the backbone, fused and learned models also get backbone.onnx
 # and run it through ONNX Runtime (pipelines/onnx_backbone.py); with --backbone-backend onnxruntime
 # the `backbone` model is the ONNX graph itself, served by Triton's onnxruntime backend.
+# With --backbone-backend onnxruntime, moodwatch_learned becomes an ensemble: the whole learned analysis
+# as one ONNX graph (`learned_program`) + the sentence lookup (`learned_evidence`, python).
 BACKBONE_BACKENDS = ("python", "onnxruntime")
 ONNX_TEMPLATE = "backbone_onnxruntime"
+ONNX_TEMPLATES = {
+    "backbone": ONNX_TEMPLATE,
+    LEARNED: "moodwatch_learned_ensemble",
+    "learned_program": "learned_program_onnxruntime",
+}
 TENSORRT_FP16 = (
     'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt"\n'
     '  parameters { key: "precision_mode" value: "FP16" }\n'
@@ -118,6 +129,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "regions": ("KIND_CPU", 1),
             FUSED: ("KIND_CPU", 1),
             LEARNED: ("KIND_CPU", 1),
+            "learned_program": ("KIND_CPU", 1),
         },
         # 0 = torch default
         "torch_threads": {"backbone": 0, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 0, LEARNED: 0},
@@ -134,6 +146,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "regions": ("KIND_GPU", 1),
             FUSED: ("KIND_GPU", 2),
             LEARNED: ("KIND_GPU", 2),
+            "learned_program": ("KIND_GPU", 2),
         },
         "torch_threads": {"backbone": 2, "retrieval": 1, "heads": 1, "regions": 1, FUSED: 2, LEARNED: 2},
     },
@@ -225,6 +238,13 @@ def export_repository(
     max_regions = int(max_regions or RegionSettings().clusters)
     proposer_file = Path(proposer_path or DEFAULT_PROPOSER).resolve()
     region_proposals = _check_proposer(proposer_file, backbone, regions_top_k) if LEARNED in selected else None
+    if LEARNED in selected and backbone_backend == "onnxruntime":
+        reason = unsupported_reason(database)
+        if reason:
+            raise ExportError(
+                f"{LEARNED} on the onnxruntime backend: {reason} (build the index with `moodwatch index build --index-type flat`)"
+            )
+        selected = list(dict.fromkeys([*(m for m in selected if m != LEARNED), *LEARNED_STEPS, LEARNED]))
     mbs = int(max_batch_size or profile["max_batch_size"])
 
     versions = analyzer_versions("triton", backbone.name, heads, database).model_dump()
@@ -271,6 +291,10 @@ def export_repository(
         ),
     }
 
+    def learned_program() -> LearnedProgram:  # the whole learned analysis, for the ONNX graphs below
+        proposer = load_proposer(proposer_file)
+        return LearnedProgram(backbone, heads, proposer, database, m, k, int(regions_top_k), region_alpha)
+
     out_repo.parent.mkdir(parents=True, exist_ok=True)
     staging = out_repo.parent / f".{out_repo.name}.export-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -278,8 +302,8 @@ def export_repository(
     try:
         assets = _Assets(staging, heads_file, database, backbone, spec, max_regions, proposer_file)
         for name in selected:
-            onnx_served = name == "backbone" and backbone_backend == "onnxruntime"
-            template = templates / (ONNX_TEMPLATE if onnx_served else name)
+            onnx_served = name in ONNX_TEMPLATES and backbone_backend == "onnxruntime"
+            template = templates / (ONNX_TEMPLATES[name] if onnx_served else name)
             if not (template / "config.pbtxt").is_file():
                 raise ExportError(f"no template for model {name!r} under {templates}")
             instance_kind, count = profile["instances"].get(name, ("KIND_CPU", 1))
@@ -296,18 +320,20 @@ def export_repository(
             if (template / "1" / "model.py").is_file():
                 shutil.copy2(template / "1" / "model.py", version_dir / "model.py")
                 shutil.copy2(templates / "_shared" / SHARED_FILE, version_dir / SHARED_FILE)
-            if onnx_served:
+            if onnx_served and name == "backbone":
                 export_backbone_onnx(backbone, version_dir / "model.onnx", raw_pixels=True)
+            elif onnx_served and name == "learned_program":
+                export_program_onnx(learned_program(), version_dir / "model.onnx", triton_inputs=True)
+                assets.write("warmup_size", model_dir)
+            elif onnx_served:  # the ensemble: a config only
+                pass
             else:
                 for asset in ASSETS[name]:
                     assets.write(asset, model_dir)
                 if in_python_ort and "backbone_state" in ASSETS[name]:
                     assets.write("backbone_onnx", model_dir)
                 if in_python_ort and name == LEARNED and unsupported_reason(database) is None:
-                    program = LearnedProgram(
-                        backbone, heads, load_proposer(proposer_file), database, m, k, int(regions_top_k), region_alpha
-                    )
-                    export_program_onnx(program, version_dir / "learned.onnx")
+                    export_program_onnx(learned_program(), version_dir / "learned.onnx")
             files[name] = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
         result = ExportResult(out_repo, kind, list(selected), versions, contract, files)
         (staging / "export.json").write_text(

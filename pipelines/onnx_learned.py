@@ -38,6 +38,7 @@ __all__ = [
     "LearnedProgram",
     "OnnxLearnedProgram",
     "check_program_parity",
+    "export_program_onnx",
     "learned_program_runner",
     "unsupported_reason",
 ]
@@ -138,18 +139,37 @@ class LearnedProgram(nn.Module):
         return pixels, sizes, text, mask
 
 
-def export_program_onnx(program: LearnedProgram, path: Path) -> Path:
-    """Write the program as ONNX with a dynamic batch axis, atomically."""
+class _TritonInputs(nn.Module):
+    """The program on what Triton's clients send: 0..255 resized pixels (normalised here, as Triton's
+    ``backbone`` does) and int32 image sizes."""
+
+    def __init__(self, program: LearnedProgram) -> None:
+        super().__init__()
+        self.program = program
+        self.register_buffer("mean", program.backbone.pixel_mean.detach().cpu().clone())
+        self.register_buffer("std", program.backbone.pixel_std.detach().cpu().clone())
+
+    def forward(self, pixels, image_size, post_text, post_text_mask):
+        return self.program((pixels - self.mean) / self.std, image_size.long(), post_text, post_text_mask)
+
+
+def export_program_onnx(program: LearnedProgram, path: Path, triton_inputs: bool = False) -> Path:
+    """Write the program as ONNX with a dynamic batch axis, atomically; ``triton_inputs``: the graph takes
+    0..255 pixels and int32 sizes (the onnxruntime-backend ``learned_program``), else the local analyzer's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     batch = {0: "batch"}
+    module, example = program.eval(), program.example_inputs()
+    if triton_inputs:
+        module = _TritonInputs(program).eval()
+        example = (example[0] * 255.0, example[1].int(), *example[2:])
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding and shape notes
             torch.onnx.export(
-                program.eval(),
-                program.example_inputs(),
+                module,
+                example,
                 str(tmp),
                 input_names=list(INPUT_NAMES),
                 output_names=list(OUTPUT_NAMES),

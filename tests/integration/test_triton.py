@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -352,6 +353,108 @@ def test_export_refuses_a_proposer_for_another_feature_map(tiny_assets, tmp_path
         export_repository(*args, image_encoder=BACKBONE, models=[LEARNED])  # the shipped EfficientNet proposer
     assert not (tmp_path / "repo").exists()
     export_repository(*args, image_encoder=BACKBONE)  # the proposer is only read for moodwatch_learned
+
+
+def test_learned_model_on_the_onnxruntime_backend_keeps_the_contract(tiny_assets, tmp_path, triton_server):
+    """`--model moodwatch_learned --backbone-backend onnxruntime`: an ensemble of `learned_program` (the whole
+    analysis as one ONNX graph for Triton's onnxruntime backend, TensorRT FP16 on GPU) and `learned_evidence`
+    (python), with the python model's inputs, outputs and parameters. The local server has no onnxruntime
+    backend: the graph is run in ONNX Runtime here against torch, and the evidence step on the server."""
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
+    from google.protobuf import json_format
+
+    from pipelines.export import export_repository
+    from pipelines.onnx_learned import LearnedProgram
+    from workers.adapters.triton_client import parse_contract
+
+    def config(folder: Path, model: str) -> model_config_pb2.ModelConfig:
+        return text_format.Parse((folder / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+    def io(c: model_config_pb2.ModelConfig) -> list[tuple]:
+        return [(t.name, t.data_type, list(t.dims)) for t in (*c.input, *c.output)]
+
+    args = (tiny_assets["heads"], tiny_assets["index"])
+    learned = {"models": [LEARNED], "image_encoder": BACKBONE, "proposer_path": tiny_assets["proposer"]}
+    export_repository(*args, tmp_path / "python", "cpu", **learned)
+    for kind in ("cpu", "gpu"):
+        result = export_repository(*args, tmp_path / kind, kind, backbone_backend="onnxruntime", **learned)
+        assert result.models == ["learned_program", "learned_evidence", LEARNED]
+    python = config(tmp_path / "python", LEARNED)
+    for kind in ("cpu", "gpu"):
+        ensemble, program = config(tmp_path / kind, LEARNED), config(tmp_path / kind, "learned_program")
+        assert ensemble.platform == "ensemble" and io(ensemble) == io(python)
+        per_export = ("moodwatch.exported_at", "moodwatch.export_kind")
+        assert {k: v.string_value for k, v in ensemble.parameters.items() if k not in per_export} == {
+            k: v.string_value
+            for k, v in python.parameters.items()
+            if k.startswith("moodwatch.") and k not in per_export
+        }
+        assert ensemble.parameters["moodwatch.export_kind"].string_value == kind
+        assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["learned_program", "learned_evidence"]
+        assert program.backend == "onnxruntime" and program.dynamic_batching.max_queue_delay_microseconds > 0
+        accelerators = program.optimization.execution_accelerators.gpu_execution_accelerator
+        assert [a.name for a in accelerators] == (["tensorrt"] if kind == "gpu" else [])
+    contract = parse_contract(
+        json_format.MessageToDict(config(tmp_path / "cpu", LEARNED), preserving_proto_field_name=True), LEARNED, "x"
+    )
+    assert contract.learned and contract.region_proposals == proposer_version(load_proposer(tiny_assets["proposer"]))
+
+    heads, _ = load_heads(tiny_assets["heads"])
+    database, backbone = SentenceDatabase.load(tiny_assets["index"]), load_image_backbone(BACKBONE)
+    options = LEARNED_OPTIONS
+    program = LearnedProgram(
+        backbone,
+        heads,
+        load_proposer(tiny_assets["proposer"]),
+        database,
+        contract.candidates,
+        contract.retrieval_k,
+        options.regions_top_k,
+        options.region_alpha,
+    )
+    pixels = torch.rand(3, 3, *backbone.input_size) * 255  # what the client sends: resized, 0..255
+    sizes = torch.tensor([[640, 480], [300, 900], [1200, 800]], dtype=torch.int32)
+    text = torch.randn(3, contract.text_dim)
+    mask = torch.tensor([[False], [True], [False]])
+    session = ort.InferenceSession(str(tmp_path / "cpu" / "learned_program" / "1" / "model.onnx"))
+    names = [o.name for o in session.get_outputs()]
+    got = dict(
+        zip(
+            names,
+            session.run(
+                None,
+                {
+                    "PIXELS": pixels.numpy(),
+                    "IMAGE_SIZE": sizes.numpy(),
+                    "POST_TEXT": text.numpy(),
+                    "POST_TEXT_MASK": mask.numpy(),
+                },
+            ),
+        )
+    )
+    with torch.inference_mode():
+        normalised = (pixels - backbone.pixel_mean) / backbone.pixel_std
+        expected = dict(zip(names, program(normalised, sizes.long(), text, mask)))
+    for name in names:
+        np.testing.assert_allclose(got[name], expected[name].numpy(), atol=1e-4, err_msg=name)
+
+    target = Path(triton_server.repo) / "learned_evidence"  # the evidence step on the running server
+    shutil.copytree(tmp_path / "cpu" / "learned_evidence", target)
+    client = triton_server.client()
+    try:
+        client.load_model("learned_evidence")
+        ids = got["RETRIEVAL_IDS"]
+        request = grpcclient.InferInput("RETRIEVAL_IDS", list(ids.shape), "INT64")
+        request.set_data_from_numpy(ids)
+        evidence = client.infer("learned_evidence", [request]).as_numpy("EVIDENCE")
+        assert [[json.loads(e)["text"] for e in row] for row in evidence] == [
+            [s.text for s in row] for row in database.sentences_for(ids)
+        ]
+    finally:
+        client.unload_model("learned_evidence")
+        client.close()
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def test_export_for_the_onnxruntime_backend_keeps_the_backbone_contract(tiny_assets, tmp_path):

@@ -252,6 +252,21 @@ class RetrievalStage(Stage):
         }
 
 
+class EvidenceStage(Stage):
+    """Retrieved sentence ids -> the sentences as JSON (the onnxruntime-backend moodwatch_learned's last step)."""
+
+    INPUTS = ("RETRIEVAL_IDS",)
+
+    def load(self) -> None:
+        self.database = self.load_database()
+
+    def run(self, batch):
+        ids = np.asarray(batch["RETRIEVAL_IDS"], dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.database)):
+            raise ValueError(f"RETRIEVAL_IDS outside the index's {len(self.database)} sentences")
+        return {"EVIDENCE": self.evidence_json[ids]}
+
+
 class HeadsStage(Stage):
     INPUTS = ("FEATURE_MAP", "POOLED", "TEXT_FEATURES", "POST_TEXT", "POST_TEXT_MASK")
 

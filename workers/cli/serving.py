@@ -80,8 +80,9 @@ def export(
     backbone_backend: str = typer.Option(
         "python",
         "--backbone-backend",
-        help="python: torch (ONNX Runtime inside on the cpu kind); onnxruntime: Triton's onnxruntime backend with "
-        "1/model.onnx, TensorRT FP16 on the gpu kind (official tritonserver image, not the local pytriton wheel)",
+        help="python: torch (ONNX Runtime inside on the cpu kind); onnxruntime: Triton's onnxruntime backend, "
+        "TensorRT FP16 on the gpu kind (official tritonserver image, not the local pytriton wheel): `backbone` is "
+        "1/model.onnx, and moodwatch_learned an ensemble of the whole analysis as one graph + a python sentence lookup",
     ),
 ) -> None:
     """Write a servable Triton model repository: rendered configs, weights, index."""
