@@ -28,6 +28,7 @@ from torch import nn
 from models.encoders import ImageBackbone
 from models.moodnet import MoodHeads
 from models.proposals import LearnedProposer
+from pipelines.analyze import AnalyzerOptions
 from pipelines.onnx_backbone import ONNX_OPSET, BackboneRuntimeError, backbone_digest
 from pipelines.regions import learned_top_regions, pad_top_regions, proposer_version
 from pipelines.retrieval import SentenceDatabase
@@ -40,6 +41,7 @@ __all__ = [
     "check_program_parity",
     "export_program_onnx",
     "learned_program_runner",
+    "learned_runner_for",
     "unsupported_reason",
 ]
 
@@ -244,3 +246,28 @@ def _state_digest(module: nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def learned_runner_for(
+    backbone: ImageBackbone,
+    heads: MoodHeads,
+    proposer: LearnedProposer,
+    database: SentenceDatabase,
+    options: AnalyzerOptions,
+    cache_dir: Path,
+) -> tuple[OnnxLearnedProgram | None, str]:
+    """(the checked runner, "onnxruntime") for a LocalAnalyzer with these parts, or (None, why not)."""
+    reason = unsupported_reason(database)
+    if reason:
+        return None, reason
+    program = LearnedProgram(
+        backbone,
+        heads,
+        proposer,
+        database,
+        options.candidates,
+        options.retrieval_k,
+        options.regions_top_k,
+        options.region_alpha,
+    )
+    return learned_program_runner(program, cache_dir), "onnxruntime"

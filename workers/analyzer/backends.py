@@ -9,7 +9,7 @@ from pipelines.analyzer_api import Analyzer
 from pipelines.checkpoints import DEFAULT_HEADS, load_heads
 from pipelines.evidence import EvidenceRanking
 from pipelines.onnx_backbone import backbone_runner
-from pipelines.onnx_learned import LearnedProgram, learned_program_runner, unsupported_reason
+from pipelines.onnx_learned import learned_runner_for
 from pipelines.regions import RegionSettings, load_proposer, proposer_mismatch
 from pipelines.retrieval import SentenceDatabase, default_index_dir, ensure_seed_index
 from workers.common.logs import get_logger
@@ -54,7 +54,11 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     proposer = load_proposer(device=settings.device) if learned else None
     program, program_runtime = None, runtime
     if proposer is not None and runtime == "onnxruntime" and proposer_mismatch(proposer, backbone) is None:
-        program, program_runtime = learned_program(backbone, heads, proposer, database, options, settings)
+        cache = settings.artifacts_dir / "onnx"
+        program, why = learned_runner_for(backbone, heads, proposer, database, options, cache)
+        if program is None:
+            log.info("learned path stays in torch", reason=why)
+            program_runtime = "torch"
     analyzer = LocalAnalyzer(
         backbone,
         heads,
@@ -75,25 +79,6 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
         image_encoder=backbone.name,
     )
     return analyzer
-
-
-def learned_program(backbone, heads, proposer, database, options: AnalyzerOptions, settings: ModelSettings):
-    """(the learned path as one ONNX Runtime graph, "onnxruntime"), or (None, "torch") with the reason logged."""
-    reason = unsupported_reason(database)
-    if reason:
-        log.info("learned path stays in torch", reason=reason)
-        return None, "torch"
-    program = LearnedProgram(
-        backbone,
-        heads,
-        proposer,
-        database,
-        options.candidates,
-        options.retrieval_k,
-        options.regions_top_k,
-        options.region_alpha,
-    )
-    return learned_program_runner(program, settings.artifacts_dir / "onnx"), "onnxruntime"
 
 
 def build_analyzer(settings: AnalysisSettings) -> Analyzer:

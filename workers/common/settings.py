@@ -146,8 +146,9 @@ class ModelSettings(MoodwatchSettings):
     backbone_runtime: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",
         description="what runs the image backbone in the local analyzer: onnxruntime (an ONNX export of the "
-        "backbone, made once into <artifacts_dir>/onnx; 4-7x faster than torch on a CPU), torch, or auto "
-        "(onnxruntime on a CPU when the package is installed, torch on a GPU)",
+        "backbone, made once into <artifacts_dir>/onnx; 4-7x faster than torch on a CPU; with learned proposals "
+        "and a flat index the whole learned analysis is one ONNX graph), torch, or auto (onnxruntime on a CPU when "
+        "the package is installed, torch on a GPU)",
     )
     backbone_chunk: int = Field(
         0,

@@ -68,6 +68,7 @@ from pipelines.analyze import (
     retrieval_stage,
 )
 from pipelines.onnx_backbone import backbone_runner
+from pipelines.onnx_learned import learned_runner_for
 from pipelines.regions import learned_top_regions, region_candidates, top_regions_as_candidates
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -391,10 +392,22 @@ def run_new_rows(models: Models, images: list[np.ndarray], args, workdir: Path) 
     runner, runtime = backbone_runner(models.backbone, args.backbone_runtime, workdir / "onnx")
     learned = LocalAnalyzer(models.backbone, models.heads, models.database, options, backbone_runner=runner)
     eager = LocalAnalyzer(models.backbone, models.heads, models.database, replace(options, regions_enabled=False))
+    program = None
+    if runtime == "onnxruntime":  # as the worker builds it: the whole learned path as one ONNX graph
+        program, _ = learned_runner_for(
+            models.backbone, models.heads, learned.proposer, models.database, options, workdir / "onnx"
+        )
+    whole = LocalAnalyzer(
+        models.backbone, models.heads, models.database, options, proposer=learned.proposer, learned_runner=program
+    )
     rows = [("a", "a-backbone-ceiling", learned.backbone_pass)]
     if runtime != "torch":  # the eager torch backbone for reference: what the runtime choice is worth
         rows.append(("a_torch", "a-backbone-torch-eager", eager.backbone_pass))
-    rows.append(("c", "c-learned-proposals", learned.analyze))
+    if program is not None:
+        rows.append(("c", "c-learned-one-graph", whole.analyze))
+        rows.append(("c_stages", "c-learned-stages", learned.analyze))  # backbone in the runtime, the rest in torch
+    else:
+        rows.append(("c", "c-learned-proposals", learned.analyze))
     out = {}
     for key, name, fn in rows:
         with torch.inference_mode():
@@ -415,13 +428,14 @@ def run_new_rows(models: Models, images: list[np.ndarray], args, workdir: Path) 
                 "region_proposals": learned.versions.region_proposals,
             }
         )
-        if key == "c":
+        if key == ("c_stages" if program is not None else "c"):  # stage shares need the stages apart
             clock = StageClock()
             profile_learned(learned, [images[j % len(images)] for j in range(args.batch)], clock)
             out[key]["stage_share"] = clock.shares()
             emit({"config": "c-stage-shares", "stage_share": out[key]["stage_share"]})
     learned.close()
     eager.close()
+    whole.close()
     return out
 
 
