@@ -37,6 +37,8 @@ __all__ = [
     "checked_onnx_runner",
     "export_backbone_onnx",
     "ensure_backbone_onnx",
+    "export_onnx",
+    "onnx_session",
     "onnxruntime_available",
     "resolve_backbone_runtime",
 ]
@@ -98,24 +100,31 @@ def export_backbone_onnx(backbone: ImageBackbone, path: Path, raw_pixels: bool =
     ``raw_pixels``: the graph takes 0..255 pixels and normalises them itself (Triton's ``backbone`` contract);
     otherwise it takes ``preprocess``'s normalised pixels (the local analyzer).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     module = (copy.deepcopy(backbone).cpu() if backbone.device.type != "cpu" else backbone).eval()
     if raw_pixels:
         module = _RawPixels(module).eval()
     example = torch.zeros(2, 3, *backbone.input_size)
+    return export_onnx(module, (example,), path, (INPUT_NAME,), OUTPUT_NAMES)
+
+
+def export_onnx(
+    module: torch.nn.Module, example: tuple, path: Path, input_names: tuple[str, ...], output_names: tuple[str, ...]
+) -> Path:
+    """``module`` as ONNX (TorchScript exporter, every input and output batched on axis 0), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     batch = {0: "batch"}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding notes
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding and shape notes
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={INPUT_NAME: batch, OUTPUT_NAMES[0]: batch, OUTPUT_NAMES[1]: batch},
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes={name: batch for name in (*input_names, *output_names)},
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
@@ -123,6 +132,19 @@ def export_backbone_onnx(backbone: ImageBackbone, path: Path, raw_pixels: bool =
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def onnx_session(path: Path, threads: int | None = None, providers: list[str] | None = None):
+    """An ONNX Runtime session on ``path`` with all graph optimisations, ``threads`` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackboneRuntimeError("the onnxruntime package is not installed") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 def ensure_backbone_onnx(backbone: ImageBackbone, cache_dir: Path) -> Path:
@@ -138,16 +160,8 @@ class OnnxBackbone:
     """``pixels [B, 3, H, W]`` -> ``(feature_map, pooled)`` as torch tensors, through an ONNX Runtime session."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackboneRuntimeError("the onnxruntime package is not installed") from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
+        self.session = onnx_session(self.path, threads, providers)
 
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if pixels.shape[0] == 0:

@@ -16,9 +16,6 @@ would answer differently from the index, so ``unsupported_reason`` says so and t
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from models.encoders import ImageBackbone
 from models.moodnet import MoodHeads
 from models.proposals import LearnedProposer
 from pipelines.analyze import AnalyzerOptions
-from pipelines.onnx_backbone import ONNX_OPSET, BackboneRuntimeError, backbone_digest
+from pipelines.onnx_backbone import ONNX_OPSET, BackboneRuntimeError, backbone_digest, export_onnx, onnx_session
 from pipelines.regions import learned_top_regions, pad_top_regions, proposer_version
 from pipelines.retrieval import SentenceDatabase
 
@@ -158,47 +155,19 @@ class _TritonInputs(nn.Module):
 def export_program_onnx(program: LearnedProgram, path: Path, triton_inputs: bool = False) -> Path:
     """Write the program as ONNX with a dynamic batch axis, atomically; ``triton_inputs``: the graph takes
     0..255 pixels and int32 sizes (the onnxruntime-backend ``learned_program``), else the local analyzer's."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    batch = {0: "batch"}
     module, example = program.eval(), program.example_inputs()
     if triton_inputs:
         module = _TritonInputs(program).eval()
         example = (example[0] * 255.0, example[1].int(), *example[2:])
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's constant-folding and shape notes
-            torch.onnx.export(
-                module,
-                example,
-                str(tmp),
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: batch for name in (*INPUT_NAMES, *OUTPUT_NAMES)},
-                opset_version=ONNX_OPSET,
-                dynamo=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return export_onnx(module, example, path, INPUT_NAMES, OUTPUT_NAMES)
 
 
 class OnnxLearnedProgram:
     """The exported program through an ONNX Runtime session: the same call and outputs as ``LearnedProgram``."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackboneRuntimeError("the onnxruntime package is not installed") from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
+        self.session = onnx_session(self.path, threads, providers)
 
     def __call__(self, pixels, image_size, post_text, post_text_mask) -> dict[str, torch.Tensor]:
         if pixels.shape[0] == 0:
