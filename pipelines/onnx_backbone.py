@@ -20,9 +20,12 @@ import os
 import re
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+import structlog
 import torch
 
 from models.encoders import ImageBackbone
@@ -32,7 +35,9 @@ __all__ = [
     "BackboneRuntimeError",
     "OnnxBackbone",
     "backbone_digest",
+    "backbone_onnx_path",
     "backbone_runner",
+    "cached_checked",
     "check_parity",
     "checked_onnx_runner",
     "export_backbone_onnx",
@@ -44,6 +49,8 @@ __all__ = [
 ]
 
 ONNX_OPSET = 17
+T = TypeVar("T")
+log = structlog.get_logger("moodwatch.onnx")
 INPUT_NAME = "PIXELS"
 OUTPUT_NAMES = ("FEATURE_MAP", "POOLED")
 
@@ -147,10 +154,15 @@ def onnx_session(path: Path, threads: int | None = None, providers: list[str] | 
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
+def backbone_onnx_path(backbone: ImageBackbone, cache_dir: Path) -> Path:
+    """Where the export of this backbone's weights is cached."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)
+    return Path(cache_dir) / f"{safe}-{backbone_digest(backbone)}.onnx"
+
+
 def ensure_backbone_onnx(backbone: ImageBackbone, cache_dir: Path) -> Path:
     """The cached export of this backbone's weights, made on first use (a few seconds)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)
-    path = Path(cache_dir) / f"{safe}-{backbone_digest(backbone)}.onnx"
+    path = backbone_onnx_path(backbone, cache_dir)
     if not path.is_file():
         export_backbone_onnx(backbone, path)
     return path
@@ -194,10 +206,29 @@ def checked_onnx_runner(backbone: ImageBackbone, path: Path, threads: int | None
     return runner
 
 
+def cached_checked(path: Path, export: Callable[[Path], Any], open_checked: Callable[[Path], T]) -> T:
+    """``open_checked(path)`` on the cached export, made by ``export(path)`` when missing. A cached file that
+    cannot be opened or fails its check (truncated, or written by an older version of the graph code under the
+    same weights) is exported again once; a fresh export that fails is an error."""
+    if path.is_file():
+        try:
+            return open_checked(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable or stale cache entry is rebuilt below
+            log.warning("cached ONNX export rejected, exporting again", path=str(path), error=str(exc)[:300])
+            path.unlink(missing_ok=True)
+    export(path)
+    return open_checked(path)
+
+
 def backbone_runner(backbone: ImageBackbone, runtime: str, cache_dir: Path):
     """(pixels -> (feature map, pooled), the runtime used) for a MOODWATCH_BACKBONE_RUNTIME value: the torch
     module itself, or its cached, checked ONNX export."""
     runtime = resolve_backbone_runtime(runtime, backbone.device)
     if runtime == "torch":
         return backbone, runtime
-    return checked_onnx_runner(backbone, ensure_backbone_onnx(backbone, cache_dir)), runtime
+    runner = cached_checked(
+        backbone_onnx_path(backbone, cache_dir),
+        lambda path: export_backbone_onnx(backbone, path),
+        lambda path: checked_onnx_runner(backbone, path),
+    )
+    return runner, runtime

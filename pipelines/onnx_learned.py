@@ -26,7 +26,14 @@ from models.encoders import ImageBackbone
 from models.moodnet import MoodHeads
 from models.proposals import LearnedProposer
 from pipelines.analyze import AnalyzerOptions
-from pipelines.onnx_backbone import ONNX_OPSET, BackboneRuntimeError, backbone_digest, export_onnx, onnx_session
+from pipelines.onnx_backbone import (
+    ONNX_OPSET,
+    BackboneRuntimeError,
+    backbone_digest,
+    cached_checked,
+    export_onnx,
+    onnx_session,
+)
 from pipelines.regions import learned_top_regions, pad_top_regions, proposer_version
 from pipelines.retrieval import SentenceDatabase
 
@@ -201,12 +208,14 @@ def learned_program_runner(program: LearnedProgram, cache_dir: Path, threads: in
     if any(t.device.type != "cpu" for t in program.buffers()):
         raise BackboneRuntimeError("the learned program runs through ONNX Runtime on a CPU; on a GPU use torch")
     digest = hashlib.sha256(f"{program.cache_key}|{ONNX_OPSET}|{torch.__version__}".encode()).hexdigest()[:12]
+
+    def open_checked(path: Path) -> OnnxLearnedProgram:
+        runner = OnnxLearnedProgram(path, threads=threads)
+        check_program_parity(program, runner)
+        return runner
+
     path = Path(cache_dir) / f"learned-program-{digest}.onnx"
-    if not path.is_file():
-        export_program_onnx(program, path)
-    runner = OnnxLearnedProgram(path, threads=threads)
-    check_program_parity(program, runner)
-    return runner
+    return cached_checked(path, lambda target: export_program_onnx(program, target), open_checked)
 
 
 def _state_digest(module: nn.Module) -> str:

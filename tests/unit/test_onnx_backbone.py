@@ -11,6 +11,8 @@ from pipelines.onnx_backbone import (
     BackboneRuntimeError,
     OnnxBackbone,
     backbone_digest,
+    backbone_onnx_path,
+    backbone_runner,
     check_parity,
     ensure_backbone_onnx,
     export_backbone_onnx,
@@ -95,3 +97,27 @@ def test_the_learned_analyzer_gives_the_same_results_on_either_runtime(backbone,
         assert len(a.regions) == len(b.regions)
         for ra, rb in zip(a.regions, b.regions):
             assert (rb.x0, rb.y0, rb.x1, rb.y1) == pytest.approx((ra.x0, ra.y0, ra.x1, ra.y1), abs=1.0)
+
+
+@pytest.mark.parametrize("stale", ["truncated", "other-graph"])
+def test_a_bad_cached_export_is_made_again(backbone, tmp_path, stale):
+    """A cache entry that cannot be opened, or that holds another graph under the same weights digest (an
+    export by an older version of the code), is exported again instead of failing the start."""
+    path = backbone_onnx_path(backbone, tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if stale == "truncated":
+        path.write_bytes(b"\x08\x07not a whole model")
+    else:
+        export_backbone_onnx(tiny_image_backbone(1, feature_dim=64), path)
+    runner, runtime = backbone_runner(backbone, "onnxruntime", tmp_path)
+    assert runtime == "onnxruntime" and runner.path == path
+    assert check_parity(backbone, runner) < 1e-3
+
+
+def test_a_fresh_export_that_differs_is_an_error(backbone, tmp_path, monkeypatch):
+    import pipelines.onnx_backbone as onnx_backbone
+
+    other = tiny_image_backbone(1, feature_dim=64)
+    monkeypatch.setattr(onnx_backbone, "export_backbone_onnx", lambda _bb, path: export_backbone_onnx(other, path))
+    with pytest.raises(BackboneRuntimeError, match="differs from torch"):
+        backbone_runner(backbone, "onnxruntime", tmp_path)

@@ -107,3 +107,12 @@ def test_an_approximate_index_keeps_the_torch_path():
     backbone, heads, proposer, _ = _parts()
     with pytest.raises(ValueError, match="approximate"):
         LearnedProgram(backbone, heads, proposer, hnsw, 16, 3, 8, 0.6)
+
+
+def test_a_stale_cached_graph_is_made_again(tmp_path):
+    """The same weights digest with another graph in the file (an older export): rebuilt, not refused."""
+    first = learned_program_runner(_program(1), tmp_path, threads=1)
+    target = learned_program_runner(_program(0), tmp_path / "other", threads=1).path
+    target.write_bytes(first.path.read_bytes())  # program 1's graph under program 0's name
+    again = learned_program_runner(_program(0), tmp_path / "other", threads=1)
+    assert again.path == target and check_program_parity(_program(0), again) < 1e-3
