@@ -79,6 +79,15 @@ class AnalyzerOptions:
     text_languages: tuple[str, ...] = DEFAULT_TEXT_LANGUAGES  # post text in other languages is not read
 
     @property
+    def regions_on(self) -> bool:
+        return self.regions_enabled and self.regions_top_k > 0
+
+    @property
+    def learned_regions(self) -> bool:
+        """Regions on, proposed by the learned head (the tensor path) rather than selective search."""
+        return self.regions_on and self.proposals == "learned"
+
+    @property
     def candidates(self) -> int:
         """Sentences retrieved per image: the evidence candidates, at least the k the fusion reads."""
         return max(self.retrieval_k, self.evidence.candidates)
@@ -328,8 +337,7 @@ class LocalAnalyzer:
         self.database = database
         self.options = options
         self.text_encoder = text_encoder.eval() if text_encoder is not None else None
-        regions_on = options.regions_enabled and options.regions_top_k > 0
-        self.learned = regions_on and options.proposals == "learned"
+        self.learned = options.learned_regions
         if self.learned and proposer is None:
             proposer = load_proposer(device=backbone.device)
         self.proposer = proposer.eval() if self.learned else None
@@ -338,7 +346,9 @@ class LocalAnalyzer:
             raise ValueError(f"{mismatch} (set MOODWATCH_REGION_PROPOSALS=selective_search)")
         # the whole learned path as one graph (pipelines.onnx_learned), when the worker built one for this analyzer
         self.learned_runner = learned_runner if self.learned else None
-        method = (proposer_version(self.proposer) if self.learned else "selective_search") if regions_on else None
+        method = (
+            (proposer_version(self.proposer) if self.learned else "selective_search") if options.regions_on else None
+        )
         self.versions = analyzer_versions("local", backbone.name, heads, database, method)
         self._pool = ThreadPoolExecutor(options.proposal_threads, thread_name_prefix="proposals")
 
@@ -355,7 +365,7 @@ class LocalAnalyzer:
             return self._analyze_learned(images, uses)
         candidates = (
             list(self._pool.map(lambda img: region_candidates(img, self.options.region), images))
-            if self.options.regions_enabled and self.options.regions_top_k > 0
+            if self.options.regions_on
             else [None] * len(images)
         )
         with torch.inference_mode():

@@ -51,6 +51,7 @@ import torch
 
 from models.encoders import ImageBackbone, load_image_backbone
 from models.moodnet import MoodHeads
+from models.proposals import LearnedProposer
 from pipelines.analyze import ANALYZER_VERSION, AnalyzerOptions, analyzer_versions
 from pipelines.checkpoints import load_heads
 from pipelines.evidence import EvidenceRanking
@@ -95,9 +96,8 @@ ASSETS: dict[str, tuple[str, ...]] = {
 # With --backbone-backend onnxruntime, moodwatch_learned becomes an ensemble: the whole learned analysis
 # as one ONNX graph (`learned_program`) + the sentence lookup (`learned_evidence`, python).
 BACKBONE_BACKENDS = ("python", "onnxruntime")
-ONNX_TEMPLATE = "backbone_onnxruntime"
 ONNX_TEMPLATES = {
-    "backbone": ONNX_TEMPLATE,
+    "backbone": "backbone_onnxruntime",
     LEARNED: "moodwatch_learned_ensemble",
     "learned_program": "learned_program_onnxruntime",
 }
@@ -237,7 +237,8 @@ def export_repository(
     m = min(max(int(candidates), k), len(database))  # evidence candidates, the first k of them read by the fusion
     max_regions = int(max_regions or RegionSettings().clusters)
     proposer_file = Path(proposer_path or DEFAULT_PROPOSER).resolve()
-    region_proposals = _check_proposer(proposer_file, backbone, regions_top_k) if LEARNED in selected else None
+    proposer = _checked_proposer(proposer_file, backbone, regions_top_k) if LEARNED in selected else None
+    region_proposals = proposer_version(proposer) if proposer is not None else None
     if LEARNED in selected and backbone_backend == "onnxruntime":
         reason = unsupported_reason(database)
         if reason:
@@ -292,7 +293,6 @@ def export_repository(
     }
 
     def learned_program() -> LearnedProgram:  # the whole learned analysis, for the ONNX graphs below
-        proposer = load_proposer(proposer_file)
         return LearnedProgram(backbone, heads, proposer, database, m, k, int(regions_top_k), region_alpha)
 
     out_repo.parent.mkdir(parents=True, exist_ok=True)
@@ -395,8 +395,8 @@ def _spec_of(backbone: ImageBackbone) -> str:
     return name.split("@", 1)[0]
 
 
-def _check_proposer(path: Path, backbone: ImageBackbone, top_k: int) -> str:
-    """The learned proposer fits the backbone's feature map: its version ("learned@..."), else ExportError."""
+def _checked_proposer(path: Path, backbone: ImageBackbone, top_k: int) -> LearnedProposer:
+    """The learned proposer at ``path``, when it fits the backbone's feature map, else ExportError."""
     if top_k < 1:
         raise ExportError(f"{LEARNED} returns the top regions_top_k regions; regions_top_k must be >= 1, got {top_k}")
     if not path.is_file():
@@ -407,7 +407,7 @@ def _check_proposer(path: Path, backbone: ImageBackbone, top_k: int) -> str:
         raise ExportError(
             f"{path}: {mismatch} (export {LEARNED} with a proposer trained on this backbone: --proposer PATH)"
         )
-    return proposer_version(proposer)
+    return proposer
 
 
 def _check_compatible(backbone: ImageBackbone, heads: MoodHeads, database: SentenceDatabase) -> None:

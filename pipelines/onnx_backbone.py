@@ -34,6 +34,7 @@ __all__ = [
     "ONNX_OPSET",
     "BackboneRuntimeError",
     "OnnxBackbone",
+    "RawPixels",
     "backbone_digest",
     "backbone_onnx_path",
     "backbone_runner",
@@ -88,17 +89,17 @@ def backbone_digest(backbone: ImageBackbone) -> str:
     return h.hexdigest()[:12]
 
 
-class _RawPixels(torch.nn.Module):
-    """0..255 resized pixels -> the backbone's outputs (normalisation inside, as Triton's ``backbone`` takes them)."""
+class RawPixels(torch.nn.Module):
+    """0..255 resized pixels (normalised here, as Triton's models take them) and any further inputs -> ``module``."""
 
-    def __init__(self, backbone: ImageBackbone) -> None:
+    def __init__(self, module: torch.nn.Module, backbone: ImageBackbone) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.module = module
         self.register_buffer("mean", backbone.pixel_mean.detach().cpu().clone())
         self.register_buffer("std", backbone.pixel_std.detach().cpu().clone())
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.backbone((pixels - self.mean) / self.std)
+    def forward(self, pixels: torch.Tensor, *rest: torch.Tensor):
+        return self.module((pixels - self.mean) / self.std, *rest)
 
 
 def export_backbone_onnx(backbone: ImageBackbone, path: Path, raw_pixels: bool = False) -> Path:
@@ -109,7 +110,7 @@ def export_backbone_onnx(backbone: ImageBackbone, path: Path, raw_pixels: bool =
     """
     module = (copy.deepcopy(backbone).cpu() if backbone.device.type != "cpu" else backbone).eval()
     if raw_pixels:
-        module = _RawPixels(module).eval()
+        module = RawPixels(module, backbone).eval()
     example = torch.zeros(2, 3, *backbone.input_size)
     return export_onnx(module, (example,), path, (INPUT_NAME,), OUTPUT_NAMES)
 

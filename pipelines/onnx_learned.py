@@ -26,9 +26,11 @@ from models.encoders import ImageBackbone
 from models.moodnet import MoodHeads
 from models.proposals import LearnedProposer
 from pipelines.analyze import AnalyzerOptions
+from pipelines.checkpoints import heads_version
 from pipelines.onnx_backbone import (
     ONNX_OPSET,
     BackboneRuntimeError,
+    RawPixels,
     backbone_digest,
     cached_checked,
     export_onnx,
@@ -99,17 +101,22 @@ class LearnedProgram(nn.Module):
         self.register_buffer("features", torch.as_tensor(np.asarray(database.features, np.float32)))
         self.candidates = max(1, min(candidates, len(database)))
         self.retrieval_k, self.top_k, self.alpha = retrieval_k, top_k, alpha
-        self.cache_key = "|".join(
+        self.database_version = database.version
+
+    def cache_key(self) -> str:
+        """What the export depends on (hashing the weights takes a moment: only the cache asks for it)."""
+        return "|".join(
             [
-                backbone_digest(backbone),
-                _state_digest(heads),
-                proposer_version(proposer),
-                database.version,
-                f"{self.candidates},{retrieval_k},{top_k},{alpha}",
+                backbone_digest(self.backbone),
+                heads_version(self.heads),
+                proposer_version(self.proposer),
+                self.database_version,
+                f"{self.candidates},{self.retrieval_k},{self.top_k},{self.alpha}",
             ]
         )
 
     def forward(self, pixels, image_size, post_text, post_text_mask):
+        image_size = image_size.long()  # int32 from Triton's clients
         feat_map, pooled = self.backbone(pixels)
         query = self.heads.embed(pooled)
         query = query / query.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -145,26 +152,12 @@ class LearnedProgram(nn.Module):
         return pixels, sizes, text, mask
 
 
-class _TritonInputs(nn.Module):
-    """The program on what Triton's clients send: 0..255 resized pixels (normalised here, as Triton's
-    ``backbone`` does) and int32 image sizes."""
-
-    def __init__(self, program: LearnedProgram) -> None:
-        super().__init__()
-        self.program = program
-        self.register_buffer("mean", program.backbone.pixel_mean.detach().cpu().clone())
-        self.register_buffer("std", program.backbone.pixel_std.detach().cpu().clone())
-
-    def forward(self, pixels, image_size, post_text, post_text_mask):
-        return self.program((pixels - self.mean) / self.std, image_size.long(), post_text, post_text_mask)
-
-
 def export_program_onnx(program: LearnedProgram, path: Path, triton_inputs: bool = False) -> Path:
     """Write the program as ONNX with a dynamic batch axis, atomically; ``triton_inputs``: the graph takes
     0..255 pixels and int32 sizes (the onnxruntime-backend ``learned_program``), else the local analyzer's."""
     module, example = program.eval(), program.example_inputs()
     if triton_inputs:
-        module = _TritonInputs(program).eval()
+        module = RawPixels(program, program.backbone).eval()
         example = (example[0] * 255.0, example[1].int(), *example[2:])
     return export_onnx(module, example, path, INPUT_NAMES, OUTPUT_NAMES)
 
@@ -207,7 +200,7 @@ def learned_program_runner(program: LearnedProgram, cache_dir: Path, threads: in
     """The cached export of this program (made on first use, about a second), checked against torch."""
     if any(t.device.type != "cpu" for t in program.buffers()):
         raise BackboneRuntimeError("the learned program runs through ONNX Runtime on a CPU; on a GPU use torch")
-    digest = hashlib.sha256(f"{program.cache_key}|{ONNX_OPSET}|{torch.__version__}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{program.cache_key()}|{ONNX_OPSET}|{torch.__version__}".encode()).hexdigest()[:12]
 
     def open_checked(path: Path) -> OnnxLearnedProgram:
         runner = OnnxLearnedProgram(path, threads=threads)
@@ -216,14 +209,6 @@ def learned_program_runner(program: LearnedProgram, cache_dir: Path, threads: in
 
     path = Path(cache_dir) / f"learned-program-{digest}.onnx"
     return cached_checked(path, lambda target: export_program_onnx(program, target), open_checked)
-
-
-def _state_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def learned_runner_for(

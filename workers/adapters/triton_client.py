@@ -231,7 +231,7 @@ class TritonAnalyzer:
         proposals = "selective_search" if opts.regions_enabled else None
         if opts.proposals == "learned":
             learned = self._contract.region_proposals if self._contract is not None else _UNKNOWN
-            proposals = learned if opts.regions_enabled and opts.regions_top_k > 0 else None
+            proposals = learned if opts.regions_on else None
         if self._contract is not None:
             return self._contract.versions.model_copy(update={"region_proposals": proposals})
         return ModelVersions(
@@ -254,7 +254,7 @@ class TritonAnalyzer:
         contract = self.connect()
         opts = replace(self.analyzer_options, retrieval_k=contract.retrieval_k)  # what the server's fusion reads
         uses = text_uses(texts, len(images), opts.text_languages, readable=self.text_encoder is not None)
-        want_regions = opts.regions_enabled and opts.regions_top_k > 0
+        want_regions = opts.regions_on
         if contract.learned:
             return self._analyze_learned(contract, images, uses, opts, want_regions, started)
         pending = (
@@ -427,7 +427,7 @@ class TritonAnalyzer:
         """The served model proposes regions the way the settings ask (either model serves an analysis without
         regions)."""
         opts = self.analyzer_options
-        if not (opts.regions_enabled and opts.regions_top_k > 0):
+        if not opts.regions_on:
             return
         where = f"model {contract.model!r} on Triton at {self.options.url}"
         if opts.proposals == "learned" and not contract.learned:

@@ -50,8 +50,7 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     text_encoder = load_text_encoder(settings.text_encoder, settings.device) if heads.config.post_text else None
     options = analyzer_options(settings)
     runner, runtime = backbone_runner(backbone, settings.backbone_runtime, settings.artifacts_dir / "onnx")
-    learned = options.proposals == "learned" and options.regions_enabled and options.regions_top_k > 0
-    proposer = load_proposer(device=settings.device) if learned else None
+    proposer = load_proposer(device=settings.device) if options.learned_regions else None
     program, program_runtime = None, runtime
     if proposer is not None and runtime == "onnxruntime" and proposer_mismatch(proposer, backbone) is None:
         cache = settings.artifacts_dir / "onnx"
@@ -72,7 +71,7 @@ def build_local_analyzer(settings: ModelSettings) -> LocalAnalyzer:
     log.info(
         "local analyzer ready",
         backbone_runtime=runtime,
-        learned_path=program_runtime if learned else None,
+        learned_path=program_runtime if proposer is not None else None,
         heads=analyzer.versions.heads,
         index=analyzer.versions.index,
         sentences=len(database),
